@@ -1,0 +1,286 @@
+"""Typed settings: ``params.yaml`` validated once into pydantic models.
+
+Every stage, the DVC CLIs and the kfp pipeline read their settings through
+:func:`load_params`. Unknown keys are rejected (a mistyped key must not be silently
+ignored) and each error names the dotted key and the valid choices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from components.errors import SlipwayError, did_you_mean
+
+Task = Literal["classification", "regression"]
+BUNDLED_SETS = ("iris", "wine", "breast_cancer", "digits")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SklearnDataset(_Strict):
+    """A dataset bundled with scikit-learn (loads offline)."""
+
+    source: Literal["sklearn"]
+    name: Literal["iris", "wine", "breast_cancer", "digits"]
+
+    @property
+    def task(self) -> Task:
+        return "classification"
+
+    @property
+    def target(self) -> str:
+        return "target"
+
+
+class FileDataset(_Strict):
+    """A DVC-tracked file under ``data/``."""
+
+    source: Literal["file"]
+    path: str
+    format: Literal["csv", "whitespace", "parquet"]
+    header: bool = True
+    target: str
+    task: Task
+    na_values: list[str] = Field(default_factory=list)
+    # name -> numeric | categorical | drop, in file order when header is false.
+    columns: dict[str, Literal["numeric", "categorical", "drop"]] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FileDataset:
+        if not self.header and not self.columns and self.format != "parquet":
+            raise ValueError("a file without a header row needs `columns` to name them")
+        if self.columns is not None and self.target not in self.columns:
+            raise ValueError(
+                f"target {self.target!r} is not among `columns` ({', '.join(self.columns)})"
+            )
+        return self
+
+
+DatasetSpec = Annotated[SklearnDataset | FileDataset, Field(discriminator="source")]
+
+
+class ValidateParams(_Strict):
+    min_rows: int = Field(20, ge=1)
+    max_missing_fraction: float = Field(0.05, ge=0, le=1)
+    max_duplicate_fraction: float = Field(0.05, ge=0, le=1)
+    min_class_fraction: float = Field(0.02, ge=0, le=1)
+
+
+class SplitParams(_Strict):
+    test_size: float = Field(0.2, gt=0, lt=1)
+    val_size: float = Field(0.1, ge=0, lt=1)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitParams:
+        if self.test_size + self.val_size >= 1:
+            raise ValueError("test_size + val_size must leave rows for training (< 1)")
+        return self
+
+
+class PreprocessParams(_Strict):
+    numeric_impute: Literal["mean", "median", "most_frequent"] = "median"
+    categorical_impute: Literal["most_frequent"] = "most_frequent"
+    scale: Literal["standard", "minmax", "none"] = "standard"
+
+
+class TrainParams(_Strict):
+    framework: Literal["sklearn"] = "sklearn"
+    estimator: str = "random_forest"
+    cv_folds: int = Field(5, ge=2)
+    seed: int = 42
+    hyperparameters: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def chosen_hyperparameters(self) -> dict[str, Any]:
+        return dict(self.hyperparameters.get(self.estimator, {}))
+
+
+class GateRule(_Strict):
+    metric: str
+    threshold: float
+
+
+class GateParams(_Strict):
+    classification: GateRule = GateRule(metric="accuracy", threshold=0.8)
+    regression: GateRule = GateRule(metric="r2", threshold=0.7)
+    tolerance: float = Field(0.02, ge=0)
+
+    def rule(self, task: Task) -> GateRule:
+        return self.classification if task == "classification" else self.regression
+
+
+class PackageParams(_Strict):
+    model_name: str = "{dataset}-{task}"
+    bentoml_store: bool = True
+
+
+class KfpParams(_Strict):
+    image: str = "slipway/components:0.1.0"
+    pipeline_root: str = "build/kfp-local"
+
+
+class Params(_Strict):
+    dataset: str
+    datasets: dict[str, DatasetSpec]
+    validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
+    split: SplitParams = Field(default_factory=SplitParams)
+    preprocess: PreprocessParams = Field(default_factory=PreprocessParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    gate: GateParams = Field(default_factory=GateParams)
+    package: PackageParams = Field(default_factory=PackageParams)
+    kfp: KfpParams = Field(default_factory=KfpParams)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> Params:
+        if self.dataset not in self.datasets:
+            raise ValueError(
+                f"dataset {self.dataset!r} is not declared under `datasets`: "
+                + did_you_mean(self.dataset, self.datasets)
+            )
+        return self
+
+    @property
+    def dataset_spec(self) -> SklearnDataset | FileDataset:
+        return self.datasets[self.dataset]
+
+    def model_name(self) -> str:
+        return self.package.model_name.format(
+            dataset=self.dataset, task=self.dataset_spec.task
+        ).replace("_", "-")
+
+
+# Models for each section, used to re-validate a section passed to a kfp component.
+SECTIONS: dict[str, type[BaseModel]] = {
+    "validate": ValidateParams,
+    "split": SplitParams,
+    "preprocess": PreprocessParams,
+    "train": TrainParams,
+    "gate": GateParams,
+    "package": PackageParams,
+    "kfp": KfpParams,
+}
+
+
+def _format_validation_error(err: ValidationError, source: str, raw: dict) -> SlipwayError:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"] if not str(p).startswith(("function-after", "tagged"))]
+        # Drop discriminator tags such as 'file' that pydantic inserts into the location.
+        loc = [p for p in loc if p not in ("sklearn", "file")] if "datasets" in loc else loc
+        key = ".".join(loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            known = _known_keys(loc[:-1])
+            hint = did_you_mean(loc[-1], known) if known else ""
+            lines.append(f"{key}: unknown key" + (f" ({hint})" if hint else ""))
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {msg}")
+    return SlipwayError(
+        f"invalid settings in {source}:\n  " + "\n  ".join(lines),
+        f"correct these keys in {source} (every setting is documented in params.yaml)",
+    )
+
+
+def _known_keys(loc: list[str]) -> list[str]:
+    """The valid keys of the section at ``loc`` (for 'did you mean')."""
+    model: type[BaseModel] = Params
+    for i, part in enumerate(loc):
+        if model is Params and part == "datasets":
+            if len(loc) == i + 2:  # datasets.<name>.<key>
+                return sorted(set(FileDataset.model_fields) | set(SklearnDataset.model_fields))
+            return []
+        fields = {f.alias or n: f for n, f in model.model_fields.items()}
+        ann = fields[part].annotation if part in fields else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Turn ``["train.estimator=svm", "split.seed=1"]`` into a nested dict (YAML values)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise SlipwayError(
+                f"override {item!r} is not of the form key=value",
+                "write it like train.estimator=svm",
+            )
+        key, value = item.split("=", 1)
+        node = nested
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return nested
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def params_from_dict(raw: dict, source: str = "params") -> Params:
+    """Validate a params mapping; errors name the key."""
+    if not isinstance(raw, dict):
+        raise SlipwayError(f"{source} must be a mapping of sections", "see params.yaml")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise _format_validation_error(err, source, raw) from None
+
+
+def load_params(
+    path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()
+) -> Params:
+    """Read and validate ``params.yaml``, applying ``key=value`` overrides first.
+
+    Args:
+        path: the params file.
+        overrides: dotted ``key=value`` strings, as ``dvc exp run -S`` takes them.
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        SlipwayError: the file is missing, is not YAML, or has a bad or unknown key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SlipwayError(
+            f"settings file {path} not found", "run from the repository root or pass --params"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SlipwayError(f"{path} is not valid YAML: {err}", "fix the YAML syntax") from None
+    raw = _merge(raw, parse_overrides(overrides))
+    return params_from_dict(raw, str(path))
+
+
+def section(name: str, raw: dict) -> Any:
+    """Validate one section (as passed to a kfp component) into its model."""
+    try:
+        return SECTIONS[name].model_validate(raw)
+    except ValidationError as err:
+        raise _format_validation_error(err, f"section {name!r}", raw) from None
+
+
+def dataset_spec(raw: dict) -> SklearnDataset | FileDataset:
+    """Validate one ``datasets`` entry (as passed to the ingest component)."""
+    from pydantic import TypeAdapter
+
+    try:
+        return TypeAdapter(DatasetSpec).validate_python(raw)
+    except ValidationError as err:
+        raise _format_validation_error(err, "dataset", raw) from None

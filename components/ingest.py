@@ -1,0 +1,214 @@
+"""Ingest stage: read the dataset declared in params.yaml into a typed Parquet table.
+
+Sources: a DVC-tracked file under ``data/`` (CSV, whitespace-separated or Parquet) with its
+target column, NA markers and column types, or a bundled scikit-learn set. The output table
+carries the dataset facts (rows, columns, source, task, target, feature types and the
+content hash, DVC's md5 for a file) in its metadata.
+
+    python -m components.ingest --out data/interim/dataset.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components.config import FileDataset, Params, SklearnDataset
+from components.errors import SlipwayError
+from components.io import file_hash, write_table
+
+_WHITESPACE_FIELD = re.compile(r'"[^"]*"|\S+')
+
+
+def load_sklearn(spec: SklearnDataset) -> pd.DataFrame:
+    """A bundled scikit-learn set as a frame with a ``target`` column of class names."""
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{spec.name}")()
+    # 'mean radius' -> 'mean_radius': names that read as JSON keys and identifiers.
+    names = [str(n).strip().replace(" ", "_") for n in bunch.feature_names]
+    df = pd.DataFrame(bunch.data, columns=names)
+    labels = [str(t) for t in bunch.target_names]
+    df["target"] = pd.Series([labels[i] for i in bunch.target], dtype="str")
+    return df
+
+
+def _check_field_counts(path: Path, spec: FileDataset, expected: int | None) -> None:
+    """Fail on the first row whose field count differs from the header's (or `columns`)."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        if spec.format == "csv":
+            rows = ((i, len(r)) for i, r in enumerate(csv.reader(f), start=1) if r)
+        else:
+            rows = (
+                (i, len(_WHITESPACE_FIELD.findall(line)))
+                for i, line in enumerate(f, start=1)
+                if line.strip()
+            )
+        for line_no, count in rows:
+            if expected is None:
+                expected = count
+            elif count != expected:
+                raise SlipwayError(
+                    f"{path} line {line_no} is malformed: it has {count} fields, "
+                    f"expected {expected}",
+                    "fix or remove that row (quote fields that contain the separator), "
+                    "then `dvc add` the file again",
+                )
+
+
+def load_file(spec: FileDataset, root: Path) -> pd.DataFrame:
+    """Read a data file, checking shape, columns and numeric values."""
+    path = root / spec.path
+    if not path.is_file():
+        raise SlipwayError(
+            f"data file {spec.path} not found",
+            f"run `dvc pull {spec.path}.dvc` to fetch it from the DVC remote, or correct "
+            "the dataset's `path` in params.yaml",
+        )
+    names = list(spec.columns) if (spec.columns and not spec.header) else None
+    if spec.format == "parquet":
+        df = pd.read_parquet(path)
+    else:
+        _check_field_counts(path, spec, len(names) if names else None)
+        sep = "," if spec.format == "csv" else r"\s+"
+        try:
+            df = pd.read_csv(
+                path,
+                sep=sep,
+                header=0 if spec.header else None,
+                names=names,
+                index_col=False,
+                dtype="str",  # convert per declared type below, so errors name the value
+                keep_default_na=True,
+                na_values=spec.na_values,
+                skipinitialspace=True,
+            )
+        except (pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise SlipwayError(
+                f"{spec.path} could not be parsed as {spec.format}: {err}",
+                "check the file's `format` in params.yaml and the row named above",
+            ) from None
+    if df.empty:
+        raise SlipwayError(f"{spec.path} has no data rows", "check the file is the right one")
+    df.columns = [str(c).strip() for c in df.columns]
+    if spec.target not in df.columns:
+        raise SlipwayError(
+            f"target column {spec.target!r} is not in {spec.path} "
+            f"(columns: {', '.join(df.columns)})",
+            "set the dataset's `target` in params.yaml to one of those columns",
+        )
+    if spec.columns:
+        missing = [c for c in spec.columns if c not in df.columns]
+        if missing:
+            raise SlipwayError(
+                f"{spec.path} lacks declared column(s) {', '.join(missing)} "
+                f"(it has: {', '.join(df.columns)})",
+                "correct the dataset's `columns` in params.yaml",
+            )
+        df = df[[c for c, kind in spec.columns.items() if kind != "drop"]]
+    for column in df.columns:
+        if _column_kind(spec, column, df[column]) == "numeric":
+            df[column] = _to_numeric(df[column], column, spec, header_rows=int(spec.header))
+    return df
+
+
+def _column_kind(spec: FileDataset, column: str, values: pd.Series) -> str:
+    if spec.columns:
+        return spec.columns[column]
+    if pd.api.types.is_numeric_dtype(values):
+        return "numeric"
+    converted = pd.to_numeric(values, errors="coerce")
+    return "numeric" if converted.notna().sum() == values.notna().sum() else "categorical"
+
+
+def _to_numeric(values: pd.Series, column: str, spec: FileDataset, header_rows: int) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(values):
+        return values.astype("float64")
+    converted = pd.to_numeric(values, errors="coerce")
+    bad = converted.isna() & values.notna()
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise SlipwayError(
+            f"column {column!r} of {spec.path} is numeric but data row {row + 1} "
+            f"(line {row + 1 + header_rows}) holds {values.iloc[row]!r}",
+            f"add {values.iloc[row]!r} to the dataset's `na_values` if it marks a missing "
+            f"value, or declare {column!r} as categorical in `columns`",
+        )
+    return converted.astype("float64")
+
+
+def ingest(
+    name: str, spec: SklearnDataset | FileDataset, out: str | Path, root: str | Path = "."
+) -> dict[str, Any]:
+    """Read a dataset and write it as a typed Parquet table.
+
+    Args:
+        name: the dataset's key under ``datasets`` in params.yaml.
+        spec: its declaration.
+        out: the Parquet file to write.
+        root: directory that relative data paths are resolved against.
+
+    Returns:
+        The dataset facts also stored in the table's metadata.
+    """
+    root = Path(root)
+    if isinstance(spec, SklearnDataset):
+        df = load_sklearn(spec)
+        source = f"sklearn:{spec.name}"
+        # A content hash of the canonical CSV bytes, so a library update that changes the
+        # bundled data changes the hash too.
+        md5 = hashlib.md5(df.to_csv(index=False).encode()).hexdigest()
+    else:
+        df = load_file(spec, root)
+        source = f"file:{spec.path}"
+        md5 = file_hash(root / spec.path, "md5")
+    if df.empty:
+        raise SlipwayError(f"dataset {name!r} has no rows", "check the data source")
+    features = {
+        c: ("numeric" if pd.api.types.is_numeric_dtype(df[c]) else "categorical")
+        for c in df.columns
+        if c != spec.target
+    }
+    if spec.task == "classification":
+        df[spec.target] = df[spec.target].astype("str").where(df[spec.target].notna())
+    meta = {
+        "name": name,
+        "source": source,
+        "md5": md5,
+        "task": spec.task,
+        "target": spec.target,
+        "features": features,
+        "rows": int(len(df)),
+        "columns": int(df.shape[1]),
+    }
+    write_table(df, out, meta)
+    return meta
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="Parquet file to write")
+    parser.add_argument("--root", default=".", help="directory data paths are relative to")
+
+
+def _run(args: argparse.Namespace, params: Params) -> None:
+    meta = ingest(params.dataset, params.dataset_spec, args.out, args.root)
+    print(
+        f"ingest: {meta['name']} ({meta['source']}): {meta['rows']} rows, "
+        f"{meta['columns']} columns, md5 {meta['md5']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from components.cli import stage_main
+
+    return stage_main("ingest", __doc__.splitlines()[0], _add_arguments, _run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""The stages as kfp v2 components: thin adapters from typed artifacts to the stage cores.
+
+Each function body only imports its core, translates artifact paths and section dicts, and
+records facts in artifact ``.metadata``; the logic lives in ``components/<stage>.py``. The
+bodies run in the component image on a cluster (``components/Dockerfile``, which installs
+this package, so ``install_kfp_package=False``) and in this environment under kfp.local.
+The image is set per task by the pipeline from ``params.yaml`` (``kfp.image``).
+
+A :class:`~components.errors.SlipwayError` raised by a core is reported by
+:func:`components.kfp_support.fail` as one clear line before the task exits non-zero.
+"""
+
+from kfp import dsl
+from kfp.dsl import (
+    HTML,
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Model,
+    Output,
+)
+
+# No `from __future__ import annotations` here: kfp reads the annotations as objects.
+# The base image is a placeholder that every pipeline replaces with `kfp.image`.
+_component = dsl.component(base_image="python:3.11", install_kfp_package=False)
+
+
+@_component
+def ingest_op(dataset_name: str, dataset: dict, data_root: str, table: Output[Dataset]):
+    """Read the dataset declared in params.yaml into a typed Parquet table."""
+    from components.kfp_support import reporting_errors
+
+    with reporting_errors("ingest"):
+        from components.config import dataset_spec
+        from components.ingest import ingest
+
+        meta = ingest(dataset_name, dataset_spec(dataset), table.path, data_root)
+        table.metadata.update({k: v for k, v in meta.items() if k != "features"})
+
+
+@_component
+def validate_op(table: Input[Dataset], rules: dict, report: Output[Markdown]):
+    """Check schema, missing values, duplicates and class balance against thresholds."""
+    from components.kfp_support import reporting_errors
+
+    with reporting_errors("validate"):
+        from components.config import section
+        from components.io import write_text
+        from components.validate import validate
+
+        result, markdown = validate(table.path, section("validate", rules))
+        write_text(report.path, markdown)
+        report.metadata["checks_passed"] = len(result["checks"])
+
+
+@_component
+def split_op(
+    table: Input[Dataset],
+    rules: dict,
+    train: Output[Dataset],
+    val: Output[Dataset],
+    test: Output[Dataset],
+):
+    """Split into train / validation / test, stratified for classification, seeded."""
+    from components.kfp_support import reporting_errors
+
+    with reporting_errors("split"):
+        from components.config import section
+        from components.split import split
+
+        sizes = split(table.path, train.path, val.path, test.path, section("split", rules))
+        for artifact, name in ((train, "train"), (val, "val"), (test, "test")):
+            artifact.metadata["rows"] = sizes[name]
+
+
+@_component
+def preprocess_op(
+    train: Input[Dataset],
+    val: Input[Dataset],
+    test: Input[Dataset],
+    rules: dict,
+    transformer: Output[Model],
+    train_features: Output[Dataset],
+    val_features: Output[Dataset],
+    test_features: Output[Dataset],
+):
+    """Fit imputation, encoding and scaling on train; apply it to all three splits."""
+    from components.kfp_support import reporting_errors
+
+    with reporting_errors("preprocess"):
+        from components.config import section
+        from components.preprocess import preprocess
+
+        schema = preprocess(
+            train.path, val.path, test.path, transformer.path,
+            (train_features.path, val_features.path, test_features.path),
+            section("preprocess", rules),
+        )
+        transformer.metadata.update(
+            inputs=len(schema["features"]), outputs=len(schema["transformed_features"])
+        )
+
+
+@_component
+def train_op(
+    train: Input[Dataset],
+    val: Input[Dataset],
+    rules: dict,
+    model: Output[Model],
+    cv_metrics: Output[Metrics],
+):
+    """Fit the configured estimator; record k-fold CV and validation scores."""
+    from components.kfp_support import reporting_errors
+
+    with reporting_errors("train"):
+        from components.config import section
+        from components.train import train as train_core
+
+        record = train_core(train.path, val.path, model.path, section("train", rules))
+        model.metadata.update(framework=record["framework"], estimator=record["estimator"],
+                              device=record["device"])
+        cv = record["cv"]
+        cv_metrics.log_metric(f"cv_{cv['metric']}_mean", cv["mean"])
+        cv_metrics.log_metric(f"cv_{cv['metric']}_std", cv["std"])
+        if "val_score" in record:
+            cv_metrics.log_metric(f"val_{cv['metric']}", record["val_score"])
+
+
+@_component
+def evaluate_op(
+    model: Input[Model],
+    test: Input[Dataset],
+    metrics: Output[Metrics],
+    classification_metrics: Output[ClassificationMetrics],
+    report: Output[HTML],
+    summary: Output[Markdown],
+    evaluation: Output[Artifact],
+):
+    """Score on the test split; write metrics, plots and the HTML and Markdown reports."""
+    from components.kfp_support import reporting_errors
+
+    with reporting_errors("evaluate"):
+        import shutil
+
+        from components.evaluate import evaluate, write_outputs
+
+        result = evaluate(model.path, test.path)
+        paths = write_outputs(result, evaluation.path)
+        shutil.copyfile(paths["report"], report.path)
+        shutil.copyfile(paths["summary"], summary.path)
+        for name, value in result["metrics"].items():
+            metrics.log_metric(name, value)
+        detail = result["detail"]
+        if result["task"] == "classification":
+            classification_metrics.log_confusion_matrix(
+                [str(c) for c in detail["classes"]], detail["confusion_matrix"]
+            )
+            if "roc" in detail:
+                roc = detail["roc"]
+                classification_metrics.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
+        evaluation.metadata["task"] = result["task"]
+
+
+@_component
+def gate_op(
+    evaluation: Input[Artifact], rules: dict, model_name: str, decision: Output[Markdown]
+) -> bool:
+    """Pass when the test metric meets the threshold and is no worse than the packaged model.
+
+    Returns a single bool (the reason is in ``decision``): kfp.local 2.17 cannot resolve a
+    named output of a task inside a ``dsl.If`` condition, only the single ``Output``.
+    """
+    from components.kfp_support import reporting_errors
+
+    with reporting_errors("gate"):
+        from pathlib import Path
+
+        from components.config import section
+        from components.gate import decide
+        from components.io import read_json, write_text
+        from components.package import current_packaged
+
+        result = read_json(Path(evaluation.path) / "evaluation.json")
+        verdict = decide(result["metrics"], result["task"], section("gate", rules),
+                         current_packaged(model_name))
+        write_text(decision.path, f"# Gate: {'passed' if verdict.passed else 'REJECTED'}\n\n"
+                                  f"{verdict.reason}\n")
+        decision.metadata.update(verdict.as_dict())
+        print(f"gate: {'passed' if verdict.passed else 'REJECTED'}: {verdict.reason}")
+        return verdict.passed
+
+
+@_component
+def package_op(
+    transformer: Input[Model],
+    model: Input[Model],
+    evaluation: Input[Artifact],
+    dataset_name: str,
+    dataset: dict,
+    validate: dict,
+    split: dict,
+    preprocess: dict,
+    train: dict,
+    gate: dict,
+    model_name: str,
+    register: bool,
+    code_dir: str,
+    model_version: Output[Model],
+):
+    """Write the model version (skops files, schema, metrics, lineage); register it in BentoML.
+
+    The settings arrive section by section (a dict of pipeline channels is not resolved
+    by kfp.local) and are recorded together in the lineage.
+    """
+    from components.kfp_support import reporting_errors
+
+    with reporting_errors("package"):
+        from pathlib import Path
+
+        from components.package import package, register as register_version
+
+        settings = {"dataset": dataset_name, "datasets": {dataset_name: dataset},
+                    "validate": validate, "split": split, "preprocess": preprocess,
+                    "train": train, "gate": gate}
+        lineage = package(transformer.path, model.path,
+                          Path(evaluation.path) / "evaluation.json", settings,
+                          model_version.path, code_dir)
+        model_version.metadata.update(version=lineage["version"],
+                                      dataset_md5=lineage["dataset"]["md5"],
+                                      framework=lineage["framework"])
+        if register:
+            model_version.metadata["bentoml_tag"] = register_version(model_version.path,
+                                                                     model_name)

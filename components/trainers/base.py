@@ -1,0 +1,103 @@
+"""The trainer interface every framework backend implements.
+
+A trainer works on the preprocessed feature matrix (float32) and on encoded targets:
+class indices ``0..k-1`` for classification (the class names are kept by the train stage),
+floats for regression. It saves itself into a directory in a format that cannot execute
+code on load, with ``trainer.json`` describing it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+META_FILE = "trainer.json"
+
+
+class Trainer(ABC):
+    """Fit, predict, save and load one model.
+
+    Args:
+        task: ``classification`` or ``regression``.
+        estimator: the model family's name within the framework.
+        hyperparameters: keyword settings for that family.
+        seed: random seed for everything the fit draws.
+    """
+
+    framework: str = ""
+
+    def __init__(
+        self, task: str, estimator: str, hyperparameters: dict[str, Any], seed: int
+    ) -> None:
+        self.task = task
+        self.estimator = estimator
+        self.hyperparameters = dict(hyperparameters)
+        self.seed = seed
+        self.history: dict[str, list[float]] = {}  # per-epoch curves, for backends that have them
+        self.device = "cpu"
+
+    @abstractmethod
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        x_val: np.ndarray | None = None,
+        y_val: np.ndarray | None = None,
+    ) -> None:
+        """Fit on training rows; validation rows, when given, may steer early stopping."""
+
+    @abstractmethod
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Class indices (classification) or values (regression)."""
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray | None:
+        """Class probabilities, shape (rows, classes), or None when the model has none."""
+        return None
+
+    def cross_validate(self, x: np.ndarray, y: np.ndarray, folds: int) -> dict[str, Any]:
+        """k-fold score of fresh copies of this trainer (stratified for classification).
+
+        Returns:
+            The metric's name (accuracy or r2), its mean and std over folds, and each fold's.
+        """
+        from sklearn.metrics import accuracy_score, r2_score
+        from sklearn.model_selection import KFold, StratifiedKFold
+
+        classify = self.task == "classification"
+        splitter = (StratifiedKFold if classify else KFold)(
+            n_splits=folds, shuffle=True, random_state=self.seed
+        )
+        scores = []
+        for fit_idx, score_idx in splitter.split(x, y):
+            fold = type(self)(self.task, self.estimator, self.hyperparameters, self.seed)
+            fold.fit(x[fit_idx], y[fit_idx])
+            score = accuracy_score if classify else r2_score
+            scores.append(float(score(y[score_idx], fold.predict(x[score_idx]))))
+        return {
+            "metric": "accuracy" if classify else "r2",
+            "mean": float(np.mean(scores)),
+            "std": float(np.std(scores)),
+            "folds": scores,
+        }
+
+    @abstractmethod
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Write the model files and ``trainer.json`` into ``directory``; returns the meta."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: Path, meta: dict[str, Any], hashes: dict[str, str]) -> Trainer:
+        """Reopen a saved model, verifying file hashes where given."""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "framework": self.framework,
+            "task": self.task,
+            "estimator": self.estimator,
+            "hyperparameters": self.hyperparameters,
+            "seed": self.seed,
+            "device": self.device,
+        }

@@ -1,0 +1,106 @@
+"""The ``training`` pipeline: ingest → validate → split → preprocess → train → evaluate →
+gate → package, wired with typed kfp artifacts.
+
+Its parameter defaults come from ``params.yaml``: :func:`build` takes the validated
+settings and returns the ``@dsl.pipeline`` function, so nothing is read at import time.
+Compile it with ``python -m pipelines compile``; run it locally with
+``python -m pipelines run training``.
+"""
+
+# No `from __future__ import annotations` here: kfp reads the annotations as objects.
+from collections.abc import Callable
+
+from kfp import dsl
+
+from components import kfp_components as ops
+from components.config import Params
+
+DESCRIPTION = (
+    "Slipway training: ingest a DVC-versioned dataset, validate it, split it, fit "
+    "preprocessing on the training split, train the configured estimator with k-fold CV, "
+    "evaluate on the test split, gate against the threshold and the packaged model, and "
+    "package a versioned model with lineage into the BentoML model store."
+)
+
+
+def _without_none(value):
+    """KFP parameters cannot hold null; a null setting means "the default", so drop it."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def build(params: Params) -> Callable:
+    """The ``training`` pipeline function with defaults from ``params``."""
+    sections = _without_none(params.model_dump(mode="json", by_alias=True))
+    image = params.kfp.image
+
+    def staged(task: dsl.PipelineTask, title: str) -> dsl.PipelineTask:
+        task.set_display_name(title)
+        task.set_container_image(image)
+        task.set_caching_options(True)
+        return task
+
+    @dsl.pipeline(name="training", description=DESCRIPTION)
+    def training(
+        dataset_name: str = params.dataset,
+        dataset: dict = sections["datasets"][params.dataset],
+        validate: dict = sections["validate"],
+        split: dict = sections["split"],
+        preprocess: dict = sections["preprocess"],
+        train: dict = sections["train"],
+        gate: dict = sections["gate"],
+        model_name: str = params.model_name(),
+        register_model: bool = params.package.bentoml_store,
+        data_root: str = ".",
+        code_dir: str = ".",
+    ):
+        """Train, evaluate, gate and package one model.
+
+        Args:
+            dataset_name: key of the dataset under ``datasets`` in params.yaml.
+            dataset: that dataset's declaration (source, path, target, column types).
+            validate: data validation thresholds.
+            split: test and validation fractions and the seed.
+            preprocess: imputation and scaling choices.
+            train: framework, estimator, hyperparameters, CV folds, seed.
+            gate: metric thresholds and tolerance against the packaged model.
+            model_name: BentoML model store name for the packaged version.
+            register_model: add the packaged version to the BentoML model store.
+            data_root: directory that dataset paths are relative to (the DVC work tree).
+            code_dir: git work tree whose commit is recorded in the lineage.
+        """
+        ingested = staged(ops.ingest_op(dataset_name=dataset_name, dataset=dataset,
+                                        data_root=data_root), "Ingest dataset")
+        checked = staged(ops.validate_op(table=ingested.outputs["table"], rules=validate),
+                         "Validate data")
+        parts = staged(ops.split_op(table=ingested.outputs["table"], rules=split),
+                       "Split train / val / test")
+        parts.after(checked)
+        prep = staged(ops.preprocess_op(train=parts.outputs["train"], val=parts.outputs["val"],
+                                        test=parts.outputs["test"], rules=preprocess),
+                      "Fit preprocessing")
+        fitted = staged(ops.train_op(train=prep.outputs["train_features"],
+                                     val=prep.outputs["val_features"], rules=train),
+                        "Train model")
+        scored = staged(ops.evaluate_op(model=fitted.outputs["model"],
+                                        test=prep.outputs["test_features"]),
+                        "Evaluate on test split")
+        verdict = staged(ops.gate_op(evaluation=scored.outputs["evaluation"], rules=gate,
+                                     model_name=model_name), "Gate")
+        verdict.set_caching_options(False)  # compares with the store's current model
+        with dsl.If(verdict.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
+            staged(ops.package_op(
+                transformer=prep.outputs["transformer"],
+                model=fitted.outputs["model"],
+                evaluation=scored.outputs["evaluation"],
+                dataset_name=dataset_name, dataset=dataset, validate=validate, split=split,
+                preprocess=preprocess, train=train, gate=gate,
+                model_name=model_name,
+                register=register_model,
+                code_dir=code_dir,
+            ), "Package model version").set_caching_options(False)
+
+    return training
