@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from components.errors import SlipwayError, did_you_mean
 
@@ -50,6 +57,18 @@ class FileDataset(_Strict):
     na_values: list[str] = Field(default_factory=list)
     # name -> numeric | categorical | drop, in file order when header is false.
     columns: dict[str, Literal["numeric", "categorical", "drop"]] | None = None
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _pairs_to_mapping(cls, value: Any) -> Any:
+        # kfp passes dict parameters as protobuf Structs, which sort their keys; the
+        # pipeline sends `columns` as [name, type] pairs to keep the file order.
+        if isinstance(value, list):
+            return {str(name): kind for name, kind in value}
+        return value
+
+    def columns_as_pairs(self) -> list[list[str]] | None:
+        return [[k, v] for k, v in self.columns.items()] if self.columns else None
 
     @model_validator(mode="after")
     def _check(self) -> FileDataset:

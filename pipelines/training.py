@@ -35,6 +35,10 @@ def _without_none(value):
 def build(params: Params) -> Callable:
     """The ``training`` pipeline function with defaults from ``params``."""
     sections = _without_none(params.model_dump(mode="json", by_alias=True))
+    dataset_default = sections["datasets"][params.dataset]
+    if dataset_default.get("columns"):
+        # A list keeps the file's column order; a Struct parameter would sort the keys.
+        dataset_default["columns"] = params.dataset_spec.columns_as_pairs()
     image = params.kfp.image
 
     def staged(task: dsl.PipelineTask, title: str) -> dsl.PipelineTask:
@@ -46,7 +50,7 @@ def build(params: Params) -> Callable:
     @dsl.pipeline(name="training", description=DESCRIPTION)
     def training(
         dataset_name: str = params.dataset,
-        dataset: dict = sections["datasets"][params.dataset],
+        dataset: dict = dataset_default,
         validate: dict = sections["validate"],
         split: dict = sections["split"],
         preprocess: dict = sections["preprocess"],

@@ -1,0 +1,140 @@
+"""``python -m pipelines`` (also ``slipway``): compile pipelines, or run one locally.
+
+    python -m pipelines run training [--set train.estimator=svm]
+    python -m pipelines compile [--out-dir build/pipelines]
+    python -m pipelines list
+
+Exit status: 0 success, 1 a task failed, 2 bad settings or input, 3 the gate rejected
+the model (it was not packaged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from components.config import Params, load_params
+from components.errors import SlipwayError
+from pipelines import PIPELINES
+
+
+def build_pipeline(name: str, params: Params):
+    if name not in PIPELINES:
+        from components.errors import did_you_mean
+
+        raise SlipwayError(f"unknown pipeline {name!r}", did_you_mean(name, PIPELINES))
+    return importlib.import_module(PIPELINES[name]).build(params)
+
+
+def compile_all(params: Params, out_dir: str | Path, names: list[str] | None = None) -> list[Path]:
+    """Compile pipelines to KFP IR YAML; returns the files written."""
+    from kfp import compiler
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names or list(PIPELINES):
+        path = out_dir / f"{name}.yaml"
+        compiler.Compiler().compile(build_pipeline(name, params), str(path))
+        written.append(path)
+    return written
+
+
+def _preflight(params: Params) -> None:
+    """Fail before starting any task when the data file is not there."""
+    spec = params.dataset_spec
+    path = getattr(spec, "path", None)
+    if path and not Path(path).is_file():
+        hint = (f"run `dvc pull {path}.dvc` to fetch it from the DVC remote"
+                if Path(f"{path}.dvc").is_file() else "correct the dataset's `path`")
+        raise SlipwayError(f"data file {path} for dataset {params.dataset!r} not found", hint)
+
+
+def _print_summary(result, params: Params, out=sys.stdout) -> None:
+    s = result.summary
+    w = out.write
+    w(f"\n{'=' * 72}\n")
+    status = "succeeded" if result.ok else "FAILED"
+    w(f"pipeline training {status} in {result.seconds:.1f} s\n")
+    if ds := s.get("dataset"):
+        w(f"  dataset        {ds['name']} ({ds['source']}), {ds['rows']} rows, "
+          f"md5 {ds['md5']}\n")
+    if m := s.get("model"):
+        w(f"  model          {m.get('framework')}/{m.get('estimator')} on {m.get('device')}\n")
+    if metrics := s.get("metrics"):
+        w("  test metrics   " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + "\n")
+    if gate := s.get("gate"):
+        w(f"  gate           {'passed' if gate['passed'] else 'REJECTED'}: {gate['reason']}\n")
+    if v := s.get("model_version"):
+        w(f"  model version  {v['version']}\n")
+        if "bentoml_tag" in v:
+            w(f"  BentoML model  {v['bentoml_tag']}\n")
+        w(f"  files          {v['path']}\n")
+    if report := s.get("report"):
+        w(f"  report         {report}\n")
+    if result.failed_tasks:
+        w(f"  failed task    {', '.join(result.failed_tasks)} (its error is above)\n")
+    w(f"  full log       {result.log}\n")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines import local
+
+    params = load_params(args.params, args.set)
+    pipeline = build_pipeline(args.pipeline, params)
+    _preflight(params)
+    repo = str(Path.cwd())
+    spec = params.dataset_spec
+    print(f"Running pipeline {args.pipeline!r} locally (kfp.local SubprocessRunner): dataset "
+          f"{params.dataset!r} ({spec.task}), {params.train.framework}/{params.train.estimator}")
+    print(f"  not applied locally: container image {params.kfp.image}, display names, "
+          "caching options (cluster-only settings)")
+    result = local.run(pipeline, params, {"data_root": repo, "code_dir": repo})
+    _print_summary(result, params)
+    if not result.ok:
+        return 1
+    gate = result.summary.get("gate", {})
+    return 0 if gate.get("passed", True) else 3
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    params = load_params(args.params, args.set)
+    for path in compile_all(params, args.out_dir, args.pipelines or None):
+        print(f"compiled {path}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for name, module in PIPELINES.items():
+        doc = (importlib.import_module(module).__doc__ or "").strip().splitlines()[0]
+        print(f"{name:12} {doc}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params.yaml", help="settings file")
+    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. train.estimator=svm (repeatable)")
+    p_run = sub.add_parser("run", parents=[common], help="run a pipeline locally with kfp.local")
+    p_run.add_argument("pipeline", nargs="?", default="training", help="pipeline name")
+    p_run.set_defaults(func=cmd_run)
+    p_compile = sub.add_parser("compile", parents=[common], help="compile pipelines to IR YAML")
+    p_compile.add_argument("pipelines", nargs="*", help="names (default: all)")
+    p_compile.add_argument("--out-dir", default="build/pipelines", help="where the YAML goes")
+    p_compile.set_defaults(func=cmd_compile)
+    sub.add_parser("list", help="list the pipelines").set_defaults(func=cmd_list)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SlipwayError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
