@@ -1,0 +1,75 @@
+# Slipway: the front door. `make help` lists the targets.
+#
+# Every target that needs the environment depends on `setup`, which creates .venv with the
+# pinned dependencies (requirements.lock), points DVC at a local-directory remote and makes
+# sure the DVC-tracked data is in the work tree. Nothing else is needed by hand.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DVC := $(VENV)/bin/dvc
+STAMP := $(VENV)/.installed
+# dvc.yaml runs `python`: make it the environment's, as an activated venv would.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+# The default DVC remote: a directory outside the work tree, shared by clones on this machine.
+DVC_REMOTE ?= $(HOME)/.cache/slipway/dvc-remote
+# Extra settings for `make run`, e.g. make run SET="dataset=auto_mpg train.estimator=svm"
+SET ?=
+PIPELINE ?= training
+PYTEST_ARGS ?=
+
+.PHONY: help setup run compile repro push pull test test-fast lint bench-pipeline lock clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml requirements.lock
+	@echo "==> creating $(VENV) with pinned dependencies (first time: about 2 minutes)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -c requirements.lock -e '.[dev]' > $(VENV)/install.log 2>&1 \
+		|| { tail -30 $(VENV)/install.log; echo "pip install failed: full log in $(VENV)/install.log"; exit 1; }
+	@$(PY) -m pip check
+	@touch $@
+
+setup: $(STAMP) ## create the environment, set the DVC remote and fetch the data (idempotent)
+	@$(PY) -m pipelines.workspace --remote "$(DVC_REMOTE)"
+
+run: setup ## run the training pipeline locally with kfp.local (SET="key=value ..." overrides)
+	@$(PY) -m pipelines run $(PIPELINE) $(foreach s,$(SET),--set $(s))
+
+compile: setup ## compile every pipeline to build/pipelines/<name>.yaml (KFP IR)
+	@$(PY) -m pipelines compile --out-dir build/pipelines
+
+repro: setup ## run the DVC pipeline (dvc.yaml): only stages whose inputs changed
+	@$(DVC) repro
+
+push: setup ## push DVC-tracked data and models to the DVC remote
+	@$(DVC) push
+
+pull: setup ## pull DVC-tracked data and models from the DVC remote
+	@$(DVC) pull
+
+test: setup ## run the whole test suite (unit, integration, slow; GPU/container tests skip without one)
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup ## run the quick unit tests only
+	@$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup ## ruff
+	@$(VENV)/bin/ruff check components pipelines serving tests benchmarks
+
+bench-pipeline: setup ## benchmark: kfp.local pipeline vs the same cores in-process vs a no-change rerun
+	@$(PY) -m benchmarks.pipeline
+
+lock: ## re-pin requirements.lock from pyproject.toml (in a scratch venv)
+	@rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
+	@build/lock-venv/bin/pip install --quiet '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@{ sed -n '1,2p' requirements.lock; build/lock-venv/bin/pip freeze --exclude slipway; } > requirements.lock.new
+	@mv requirements.lock.new requirements.lock && echo "requirements.lock updated"
+
+clean: ## remove build outputs (not the venv, not DVC data)
+	rm -rf build .pytest_cache
