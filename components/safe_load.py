@@ -20,7 +20,8 @@ from components.io import atomic_path, file_hash
 _MEMBER = re.compile(r'"(\d+\.npy)"')
 _OBJECT_ID = re.compile(r'"__id__": (\d+)')
 
-# Reviewed: tree node storage used by random forests, gradient boosting and decision trees.
+# Reviewed: tree node storage (random forests, gradient boosting), loss and link objects of
+# gradient boosting, SVC calibration wrappers and k-NN search trees.
 # Loaded only from files whose sha256 matches the one recorded at packaging (serving) or
 # that this run wrote itself (between stages).
 TRUSTED_TYPES = (
@@ -36,6 +37,11 @@ TRUSTED_TYPES = (
     "sklearn._loss._loss.CyHalfBinomialLoss",
     "sklearn._loss._loss.CyHalfMultinomialLoss",
     "sklearn._loss._loss.CyHalfSquaredError",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.metrics._dist_metrics.ManhattanDistance64",
+    "sklearn.metrics._dist_metrics.MinkowskiDistance64",
     "sklearn.neighbors._kd_tree.KDTree",
     "sklearn.neighbors._ball_tree.BallTree",
     "numpy.dtype",

@@ -52,6 +52,15 @@ def _preflight(params: Params) -> None:
         raise SlipwayError(f"data file {path} for dataset {params.dataset!r} not found", hint)
 
 
+def _shown(path: str | Path) -> str:
+    """A path relative to the working directory when it lies below it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _print_summary(result, params: Params, out=sys.stdout) -> None:
     s = result.summary
     w = out.write
@@ -71,12 +80,12 @@ def _print_summary(result, params: Params, out=sys.stdout) -> None:
         w(f"  model version  {v['version']}\n")
         if "bentoml_tag" in v:
             w(f"  BentoML model  {v['bentoml_tag']}\n")
-        w(f"  files          {v['path']}\n")
+        w(f"  files          {_shown(v['path'])}\n")
     if report := s.get("report"):
-        w(f"  report         {report}\n")
+        w(f"  report         {_shown(report)}\n")
     if result.failed_tasks:
         w(f"  failed task    {', '.join(result.failed_tasks)} (its error is above)\n")
-    w(f"  full log       {result.log}\n")
+    w(f"  full log       {_shown(result.log)}\n")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

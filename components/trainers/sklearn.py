@@ -93,9 +93,13 @@ class SklearnTrainer(Trainer):
         kwargs = {k: _restore_int(cls, k, v, valid[k]) for k, v in kwargs.items()}
         if "random_state" in valid:
             kwargs.setdefault("random_state", seed)
-        if cls.__name__ == "SVC":
-            kwargs.setdefault("probability", True)  # confidence scores for serving and ROC
         self.model = cls(**kwargs)
+        if cls.__name__ == "SVC":
+            # Calibrated probabilities for confidence scores and ROC; scikit-learn 1.9
+            # deprecates SVC(probability=True) in favour of exactly this.
+            from sklearn.calibration import CalibratedClassifierCV
+
+            self.model = CalibratedClassifierCV(self.model, ensemble=False)
 
     def fit(self, x, y, x_val=None, y_val=None) -> None:
         try:
