@@ -91,6 +91,7 @@ class SklearnTrainer(Trainer):
                 + did_you_mean(unknown[0], valid),
             )
         kwargs = {k: _restore_int(cls, k, v, valid[k]) for k, v in kwargs.items()}
+        self.hyperparameters = dict(kwargs)  # as used, recorded in trainer.json
         if "random_state" in valid:
             kwargs.setdefault("random_state", seed)
         self.model = cls(**kwargs)
