@@ -110,11 +110,13 @@ class PreprocessParams(_Strict):
 
 
 class TrainParams(_Strict):
-    framework: Literal["sklearn"] = "sklearn"
+    framework: Literal["sklearn", "torch", "keras"] = "sklearn"
     estimator: str = "random_forest"
     cv_folds: int = Field(5, ge=2)
     seed: int = 42
     hyperparameters: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Per-epoch checkpoints of epoch-based backends (torch, keras), so a killed fit resumes.
+    checkpoint_dir: str | None = "build/checkpoints"
 
     def chosen_hyperparameters(self) -> dict[str, Any]:
         return dict(self.hyperparameters.get(self.estimator, {}))
@@ -139,9 +141,65 @@ class PackageParams(_Strict):
     bentoml_store: bool = True
 
 
+class Toleration(_Strict):
+    key: str
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class Profile(_Strict):
+    """Where and with what a task runs on the cluster (a GPU node pool, say)."""
+
+    cpu_request: str | None = None
+    cpu_limit: str | None = None
+    memory_request: str | None = None
+    memory_limit: str | None = None
+    accelerator_type: str | None = None  # e.g. nvidia.com/gpu
+    accelerator_count: int = Field(0, ge=0)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    shm_size: str | None = None  # an in-memory /dev/shm of this size (data loader workers)
+
+    @model_validator(mode="after")
+    def _check(self) -> Profile:
+        if self.accelerator_count and not self.accelerator_type:
+            raise ValueError("accelerator_count needs accelerator_type (e.g. nvidia.com/gpu)")
+        return self
+
+    @property
+    def wants_gpu(self) -> bool:
+        return self.accelerator_count > 0
+
+
+TASKS = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "gate", "package",
+         "trials", "trial", "select", "retrain")
+
+
 class KfpParams(_Strict):
     image: str = "slipway/components:0.1.0"
     pipeline_root: str = "build/kfp-local"
+    default_profile: str = "cpu-small"
+    task_profiles: dict[str, str] = Field(default_factory=dict)
+    profiles: dict[str, Profile] = Field(default_factory=lambda: {"cpu-small": Profile()})
+
+    @model_validator(mode="after")
+    def _check(self) -> KfpParams:
+        for task, name in [("(default)", self.default_profile), *self.task_profiles.items()]:
+            if name not in self.profiles:
+                raise ValueError(
+                    f"task {task}: unknown profile {name!r}: " + did_you_mean(name, self.profiles)
+                )
+        unknown = sorted(set(self.task_profiles) - set(TASKS))
+        if unknown:
+            raise ValueError(
+                f"task_profiles: unknown task {unknown[0]!r}: " + did_you_mean(unknown[0], TASKS)
+            )
+        return self
+
+    def profile_for(self, task: str) -> tuple[str, Profile]:
+        name = self.task_profiles.get(task, self.default_profile)
+        return name, self.profiles[name]
 
 
 class Params(_Strict):

@@ -178,6 +178,7 @@ def ingest(
     if spec.task == "classification":
         df[spec.target] = df[spec.target].astype("str").where(df[spec.target].notna())
     meta = {
+        "image_shape": _image_shape(spec),
         "name": name,
         "source": source,
         "md5": md5,
@@ -189,6 +190,13 @@ def ingest(
     }
     write_table(df, out, meta)
     return meta
+
+
+def _image_shape(spec: SklearnDataset | FileDataset) -> list[int] | None:
+    """(channels, height, width) when the feature columns are an image's pixels."""
+    if isinstance(spec, SklearnDataset) and spec.name == "digits":
+        return [1, 8, 8]
+    return None
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ validation split. The model directory holds the trainer's own files plus ``train
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import pandas as pd
 
 from components.config import Params, TrainParams
 from components.errors import SlipwayError
-from components.io import read_json, read_table, write_json
+from components.io import file_hash, read_json, read_table, write_json
 from components.trainers import Trainer, get_trainer, load_trainer
 
 TRAINING_FILE = "training.json"
@@ -50,6 +51,17 @@ def features_and_target(frame: pd.DataFrame, meta: dict[str, Any]) -> tuple[np.n
     return frame.drop(columns=[target]).to_numpy(dtype="float32"), frame[target]
 
 
+def checkpoint_dir(rules: TrainParams, train_path: str | Path) -> Path | None:
+    """Where an epoch-based fit keeps its checkpoint: one folder per (data, settings) pair,
+    so a rerun of the same fit resumes and a different fit never picks it up."""
+    if not rules.checkpoint_dir or rules.framework == "sklearn":
+        return None
+    key = hashlib.sha256(
+        (file_hash(train_path, "sha256") + rules.model_dump_json()).encode()
+    ).hexdigest()[:16]
+    return Path(rules.checkpoint_dir) / key
+
+
 def train(
     train_path: str | Path, val_path: str | Path, model_dir: str | Path, rules: TrainParams
 ) -> dict[str, Any]:
@@ -67,7 +79,9 @@ def train(
     x, y_raw = features_and_target(train_df, meta)
     y, classes = encode_target(y_raw, task)
     trainer = get_trainer(rules.framework, task, rules.estimator,
-                          rules.chosen_hyperparameters(), rules.seed)
+                          rules.chosen_hyperparameters(), rules.seed,
+                          image_shape=meta.get("image_shape"),
+                          checkpoint_dir=checkpoint_dir(rules, train_path))
     cv = trainer.cross_validate(x, y, rules.cv_folds)
     x_val = y_val = None
     if len(val_df):

@@ -88,6 +88,34 @@ def _print_summary(result, params: Params, out=sys.stdout) -> None:
     w(f"  full log       {_shown(result.log)}\n")
 
 
+def local_gpu_count() -> int:
+    """CUDA devices this machine has (0 without torch or without a GPU)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _print_local_notes(params: Params, task_keys) -> None:
+    """Say which cluster settings kfp.local will not apply, task by task."""
+    from pipelines import profiles
+
+    print("Cluster settings this local run does not apply:")
+    print(f"  every task   image {params.kfp.image}, display name, caching options")
+    gpus = None
+    for key in task_keys:
+        name, profile = params.kfp.profile_for(key)
+        ignored = profiles.ignored_locally(profile)
+        print(f"  {key:12} profile {name}" + (f": {', '.join(ignored)}" if ignored else ""))
+        if profile.wants_gpu:
+            gpus = local_gpu_count() if gpus is None else gpus
+            if gpus == 0:
+                print(f"  warning: task {key!r} asks for {profile.accelerator_count}x "
+                      f"{profile.accelerator_type} (profile {name}) but this machine has no "
+                      "GPU: it runs on the CPU", file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pipelines import local
 
@@ -98,8 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = params.dataset_spec
     print(f"Running pipeline {args.pipeline!r} locally (kfp.local SubprocessRunner): dataset "
           f"{params.dataset!r} ({spec.task}), {params.train.framework}/{params.train.estimator}")
-    print(f"  not applied locally: container image {params.kfp.image}, display names, "
-          "caching options (cluster-only settings)")
+    _print_local_notes(params, importlib.import_module(PIPELINES[args.pipeline]).TITLES)
     result = local.run(pipeline, params, {"data_root": repo, "code_dir": repo})
     _print_summary(result, params)
     if not result.ok:

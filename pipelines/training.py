@@ -14,6 +14,7 @@ from kfp import dsl
 
 from components import kfp_components as ops
 from components.config import Params
+from pipelines import profiles
 
 DESCRIPTION = (
     "Slipway training: ingest a DVC-versioned dataset, validate it, split it, fit "
@@ -32,6 +33,29 @@ def _without_none(value):
     return value
 
 
+# Dashboard names of the tasks, by the key that `kfp.task_profiles` uses.
+TITLES = {
+    "ingest": "Ingest dataset",
+    "validate": "Validate data",
+    "split": "Split train / val / test",
+    "preprocess": "Fit preprocessing",
+    "train": "Train model",
+    "evaluate": "Evaluate on test split",
+    "gate": "Gate",
+    "package": "Package model version",
+}
+
+
+def stage_settings(task: dsl.PipelineTask, key: str, params: Params,
+                   title: str | None = None) -> dsl.PipelineTask:
+    """Display name, component image, caching and the task's resource profile."""
+    task.set_display_name(title or TITLES[key])
+    task.set_container_image(params.kfp.image)
+    task.set_caching_options(True)
+    profiles.apply(task, params.kfp.profile_for(key)[1])
+    return task
+
+
 def build(params: Params) -> Callable:
     """The ``training`` pipeline function with defaults from ``params``."""
     sections = _without_none(params.model_dump(mode="json", by_alias=True))
@@ -39,13 +63,9 @@ def build(params: Params) -> Callable:
     if dataset_default.get("columns"):
         # A list keeps the file's column order; a Struct parameter would sort the keys.
         dataset_default["columns"] = params.dataset_spec.columns_as_pairs()
-    image = params.kfp.image
 
-    def staged(task: dsl.PipelineTask, title: str) -> dsl.PipelineTask:
-        task.set_display_name(title)
-        task.set_container_image(image)
-        task.set_caching_options(True)
-        return task
+    def staged(task: dsl.PipelineTask, key: str) -> dsl.PipelineTask:
+        return stage_settings(task, key, params)
 
     @dsl.pipeline(name="training", description=DESCRIPTION)
     def training(
@@ -77,23 +97,23 @@ def build(params: Params) -> Callable:
             code_dir: git work tree whose commit is recorded in the lineage.
         """
         ingested = staged(ops.ingest_op(dataset_name=dataset_name, dataset=dataset,
-                                        data_root=data_root), "Ingest dataset")
+                                        data_root=data_root), "ingest")
         checked = staged(ops.validate_op(table=ingested.outputs["table"], rules=validate),
-                         "Validate data")
+                         "validate")
         parts = staged(ops.split_op(table=ingested.outputs["table"], rules=split),
-                       "Split train / val / test")
+                       "split")
         parts.after(checked)
         prep = staged(ops.preprocess_op(train=parts.outputs["train"], val=parts.outputs["val"],
                                         test=parts.outputs["test"], rules=preprocess),
-                      "Fit preprocessing")
+                      "preprocess")
         fitted = staged(ops.train_op(train=prep.outputs["train_features"],
                                      val=prep.outputs["val_features"], rules=train),
-                        "Train model")
+                        "train")
         scored = staged(ops.evaluate_op(model=fitted.outputs["model"],
                                         test=prep.outputs["test_features"]),
-                        "Evaluate on test split")
+                        "evaluate")
         verdict = staged(ops.gate_op(evaluation=scored.outputs["evaluation"], rules=gate,
-                                     model_name=model_name), "Gate")
+                                     model_name=model_name), "gate")
         verdict.set_caching_options(False)  # compares with the store's current model
         with dsl.If(verdict.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
             staged(ops.package_op(
@@ -105,6 +125,6 @@ def build(params: Params) -> Callable:
                 model_name=model_name,
                 register=register_model,
                 code_dir=code_dir,
-            ), "Package model version").set_caching_options(False)
+            ), "package").set_caching_options(False)
 
     return training

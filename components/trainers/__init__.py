@@ -14,7 +14,7 @@ from components.errors import SlipwayError
 from components.io import read_json
 from components.trainers.base import META_FILE, Trainer
 
-FRAMEWORKS = ("sklearn",)
+FRAMEWORKS = ("sklearn", "torch", "keras")
 
 
 def _backend(framework: str) -> type[Trainer]:
@@ -22,6 +22,14 @@ def _backend(framework: str) -> type[Trainer]:
         from components.trainers.sklearn import SklearnTrainer
 
         return SklearnTrainer
+    if framework == "torch":
+        from components.trainers.torch import TorchTrainer
+
+        return TorchTrainer
+    if framework == "keras":
+        from components.trainers.keras import KerasTrainer
+
+        return KerasTrainer
     raise SlipwayError(
         f"unknown framework {framework!r}",
         f"set train.framework in params.yaml to one of: {', '.join(FRAMEWORKS)}",
@@ -29,10 +37,15 @@ def _backend(framework: str) -> type[Trainer]:
 
 
 def get_trainer(
-    framework: str, task: str, estimator: str, hyperparameters: dict[str, Any], seed: int
+    framework: str,
+    task: str,
+    estimator: str,
+    hyperparameters: dict[str, Any],
+    seed: int,
+    **options: Any,
 ) -> Trainer:
-    """A new, unfitted trainer of the named framework."""
-    return _backend(framework)(task, estimator, hyperparameters, seed)
+    """A new, unfitted trainer of the named framework (options: see :class:`Trainer`)."""
+    return _backend(framework)(task, estimator, hyperparameters, seed, **options)
 
 
 def load_trainer(directory: str | Path, hashes: dict[str, str] | None = None) -> Trainer:

@@ -25,17 +25,30 @@ class Trainer(ABC):
         estimator: the model family's name within the framework.
         hyperparameters: keyword settings for that family.
         seed: random seed for everything the fit draws.
+        image_shape: ``(channels, height, width)`` when the feature columns are the pixels
+            of an image (row-major), for backends with image models; else None.
+        checkpoint_dir: where an epoch-based backend keeps its per-epoch checkpoint, so a
+            killed fit resumes; None for no checkpoints.
     """
 
     framework: str = ""
 
     def __init__(
-        self, task: str, estimator: str, hyperparameters: dict[str, Any], seed: int
+        self,
+        task: str,
+        estimator: str,
+        hyperparameters: dict[str, Any],
+        seed: int,
+        *,
+        image_shape: tuple[int, int, int] | None = None,
+        checkpoint_dir: str | Path | None = None,
     ) -> None:
         self.task = task
         self.estimator = estimator
         self.hyperparameters = dict(hyperparameters)
         self.seed = seed
+        self.image_shape = tuple(image_shape) if image_shape else None
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.history: dict[str, list[float]] = {}  # per-epoch curves, for backends that have them
         self.device = "cpu"
 
@@ -72,7 +85,7 @@ class Trainer(ABC):
         )
         scores = []
         for fit_idx, score_idx in splitter.split(x, y):
-            fold = type(self)(self.task, self.estimator, self.hyperparameters, self.seed)
+            fold = self.clone()
             fold.fit(x[fit_idx], y[fit_idx])
             score = accuracy_score if classify else r2_score
             scores.append(float(score(y[score_idx], fold.predict(x[score_idx]))))
@@ -82,6 +95,11 @@ class Trainer(ABC):
             "std": float(np.std(scores)),
             "folds": scores,
         }
+
+    def clone(self) -> Trainer:
+        """A new, unfitted trainer with the same settings (no checkpoints: CV folds)."""
+        return type(self)(self.task, self.estimator, self.hyperparameters, self.seed,
+                          image_shape=self.image_shape)
 
     @abstractmethod
     def save(self, directory: Path) -> dict[str, Any]:
@@ -100,4 +118,5 @@ class Trainer(ABC):
             "hyperparameters": self.hyperparameters,
             "seed": self.seed,
             "device": self.device,
+            "image_shape": list(self.image_shape) if self.image_shape else None,
         }

@@ -77,9 +77,10 @@ class SklearnTrainer(Trainer):
     framework = "sklearn"
 
     def __init__(
-        self, task: str, estimator: str, hyperparameters: dict[str, Any], seed: int
+        self, task: str, estimator: str, hyperparameters: dict[str, Any], seed: int,
+        **options: Any,
     ) -> None:
-        super().__init__(task, estimator, hyperparameters, seed)
+        super().__init__(task, estimator, hyperparameters, seed, **options)
         cls = estimator_class(estimator, task)
         kwargs = dict(hyperparameters)
         valid = cls().get_params()
