@@ -122,6 +122,22 @@ class TrainParams(_Strict):
         return dict(self.hyperparameters.get(self.estimator, {}))
 
 
+class Candidate(_Strict):
+    """One model family of the search space and the values to try for its settings."""
+
+    framework: Literal["sklearn", "torch", "keras"] = "sklearn"
+    estimator: str
+    hyperparameters: dict[str, list[Any]] = Field(default_factory=dict)
+
+
+class TuneParams(_Strict):
+    method: Literal["grid", "random"] = "random"
+    n_trials: int = Field(8, ge=1)  # random search: trials drawn from the grid
+    seed: int = 42
+    parallelism: int = Field(2, ge=1)  # trials run at once
+    search_space: list[Candidate] = Field(default_factory=list)
+
+
 class GateRule(_Strict):
     metric: str
     threshold: float
@@ -211,6 +227,7 @@ class Params(_Strict):
     train: TrainParams = Field(default_factory=TrainParams)
     gate: GateParams = Field(default_factory=GateParams)
     package: PackageParams = Field(default_factory=PackageParams)
+    tune: TuneParams = Field(default_factory=TuneParams)
     kfp: KfpParams = Field(default_factory=KfpParams)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -242,6 +259,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "train": TrainParams,
     "gate": GateParams,
     "package": PackageParams,
+    "tune": TuneParams,
     "kfp": KfpParams,
 }
 

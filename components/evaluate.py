@@ -165,6 +165,27 @@ def make_plots(result: dict[str, Any]) -> dict[str, bytes]:
         ax.set(xlabel="prediction error", ylabel="rows", title="Residuals (test)")
         save("residuals", fig)
 
+    tuning = result["training"].get("tuning")
+    if tuning:
+        rows = sorted(tuning["results"], key=lambda r: r["trial"])
+        labels = [f"{r['trial']}: {r['estimator']}" for r in rows]
+        pos = np.arange(len(rows))
+        fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(rows) + 2), 3.8))
+        ax.bar(pos - 0.2, [r["cv_mean"] for r in rows], 0.4,
+               yerr=[r["cv_std"] for r in rows], label="cv (train)", color="#9db4d6")
+        ax.bar(pos + 0.2, [r["val_score"] for r in rows], 0.4, label="validation",
+               color="#4c72b0")
+        best = tuning["best"]["trial"]
+        ax.annotate("best", (best + 0.2, tuning["best"]["val_score"]), ha="center",
+                    va="bottom", fontsize=9)
+        ax.set(xticks=pos, xticklabels=labels, ylabel=rows[0]["metric"],
+               title="Tuning trials")
+        lo = min(min(r["cv_mean"] for r in rows), min(r["val_score"] for r in rows))
+        ax.set_ylim(max(0.0, lo - 0.05), None)
+        plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+        ax.legend(loc="lower right")
+        save("tuning_trials", fig)
+
     history = result["training"].get("history") or {}
     curves = {k: v for k, v in history.items() if v}
     if curves:
@@ -199,6 +220,10 @@ def render_markdown(result: dict[str, Any]) -> str:
     ]
     if "val_score" in tr:
         lines.append(f"| validation {tr['cv']['metric']} | {tr['val_score']:.4f} |")
+    if tr.get("tuning"):
+        from components.tune import results_markdown
+
+        lines += ["", results_markdown(tr["tuning"]["results"], tr["tuning"]["best"]).strip()]
     per_class = result["detail"].get("per_class_accuracy")
     if per_class:
         lines += ["", "| class | accuracy |", "|---|---|"]
@@ -231,6 +256,20 @@ def render_html(result: dict[str, Any], pngs: dict[str, bytes]) -> str:
                       + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
                       for c, row in zip(classes, detail["confusion_matrix"], strict=True))
                   + "</table>")
+    if tr.get("tuning"):
+        tuning = tr["tuning"]
+        metric = tuning["best"]["metric"]
+        extra += (f"<h2>Tuning ({len(tuning['results'])} trials)</h2><table><tr><th>trial</th>"
+                  f"<th>model</th><th>hyperparameters</th><th>cv {html.escape(metric)}</th>"
+                  f"<th>validation {html.escape(metric)}</th></tr>")
+        for r in sorted(tuning["results"], key=lambda r: -r["val_score"]):
+            hp = ", ".join(f"{k}={v}" for k, v in r["hyperparameters"].items())
+            best = " (best)" if r["trial"] == tuning["best"]["trial"] else ""
+            extra += (f"<tr><th>{r['trial']}{best}</th><td>{html.escape(r['framework'])}/"
+                      f"{html.escape(r['estimator'])}</td><td>{html.escape(hp)}</td>"
+                      f"<td>{r['cv_mean']:.4f} ± {r['cv_std']:.4f}</td>"
+                      f"<td>{r['val_score']:.4f}</td></tr>")
+        extra += "</table>"
     figures = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
         f'{base64.b64encode(png).decode()}"><figcaption>{html.escape(name.replace("_", " "))}'

@@ -234,3 +234,93 @@ def package_op(
         if register:
             model_version.metadata["bentoml_tag"] = register_version(model_version.path,
                                                                      model_name)
+
+
+# ---- tuning ------------------------------------------------------------------------------
+
+
+@_component
+def trials_op(tune: dict, train: dict) -> list[dict]:
+    """The trials of the search space (grid, or random draws from it)."""
+    from components.kfp_support import reporting_errors
+
+    with reporting_errors("trials"):
+        from components.config import section
+        from components.tune import generate_trials
+
+        trials = generate_trials(section("tune", tune), section("train", train))
+        print(f"trials: {len(trials)} to run")
+        return trials
+
+
+@_component
+def trial_op(
+    train: Input[Dataset],
+    val: Input[Dataset],
+    rules: dict,
+    trial: dict,
+    result: Output[Artifact],
+) -> float:
+    """Score one trial: k-fold CV on the training split, then the validation split."""
+    from components.kfp_support import reporting_errors
+
+    with reporting_errors("trial"):
+        from components.config import section
+        from components.io import write_json
+        from components.tune import score_trial
+
+        scored = score_trial(train.path, val.path, section("train", rules), trial)
+        write_json(result.path, scored)
+        result.metadata.update({k: scored[k] for k in ("trial", "estimator", "cv_mean",
+                                                       "val_score")})
+        print(f"trial {scored['trial']} {scored['framework']}/{scored['estimator']}: "
+              f"cv {scored['cv_mean']:.4f}, validation {scored['val_score']:.4f}")
+        return scored["val_score"]
+
+
+@_component
+def select_op(results: Input[list[Artifact]], table: Output[Markdown], best: Output[Artifact]):
+    """Choose the best trial on validation; write the results table."""
+    from components.kfp_support import reporting_errors
+
+    with reporting_errors("select"):
+        from components.io import read_json, write_json, write_text
+        from components.tune import results_markdown, select_best
+
+        scored = [read_json(r.path) for r in results]
+        chosen = select_best(scored)
+        write_text(table.path, results_markdown(scored, chosen))
+        write_json(best.path, {"results": scored, "best": chosen})
+        best.metadata.update(trial=chosen["trial"], estimator=chosen["estimator"],
+                             framework=chosen["framework"], val_score=chosen["val_score"])
+        print(f"select: best trial {chosen['trial']} ({chosen['framework']}/"
+              f"{chosen['estimator']}), validation {chosen['val_score']:.4f}")
+
+
+@_component
+def retrain_op(
+    train: Input[Dataset],
+    val: Input[Dataset],
+    rules: dict,
+    tuning: Input[Artifact],
+    model: Output[Model],
+    cv_metrics: Output[Metrics],
+):
+    """Fit the best trial on train + validation."""
+    from components.kfp_support import reporting_errors
+
+    with reporting_errors("retrain"):
+        from components.config import section
+        from components.io import read_json
+        from components.train import train as train_core
+        from components.tune import trial_rules
+
+        results = read_json(tuning.path)
+        chosen = trial_rules(section("train", rules), results["best"])
+        record = train_core(train.path, val.path, model.path, chosen, merge_val=True,
+                            tuning=results)
+        model.metadata.update(framework=record["framework"], estimator=record["estimator"],
+                              device=record["device"], trial=results["best"]["trial"])
+        cv = record["cv"]
+        cv_metrics.log_metric(f"cv_{cv['metric']}_mean", cv["mean"])
+        cv_metrics.log_metric(f"cv_{cv['metric']}_std", cv["std"])

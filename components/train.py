@@ -63,7 +63,13 @@ def checkpoint_dir(rules: TrainParams, train_path: str | Path) -> Path | None:
 
 
 def train(
-    train_path: str | Path, val_path: str | Path, model_dir: str | Path, rules: TrainParams
+    train_path: str | Path,
+    val_path: str | Path,
+    model_dir: str | Path,
+    rules: TrainParams,
+    *,
+    merge_val: bool = False,
+    tuning: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fit and save the model; returns the training record.
 
@@ -72,6 +78,9 @@ def train(
         val_path: the preprocessed validation table (may have no rows).
         model_dir: directory to save the model into.
         rules: framework, estimator, hyperparameters, folds and seed.
+        merge_val: fit on train + validation (the tuning pipeline's final fit, once the
+            validation split has chosen the trial); no early stopping then.
+        tuning: trial results to keep with the model (shown in the evaluation report).
     """
     train_df, meta = read_table(train_path)
     val_df, _ = read_table(val_path)
@@ -82,11 +91,14 @@ def train(
                           rules.chosen_hyperparameters(), rules.seed,
                           image_shape=meta.get("image_shape"),
                           checkpoint_dir=checkpoint_dir(rules, train_path))
-    cv = trainer.cross_validate(x, y, rules.cv_folds)
     x_val = y_val = None
     if len(val_df):
         x_val, y_val_raw = features_and_target(val_df, meta)
         y_val, _ = encode_target(y_val_raw, task, classes)
+        if merge_val:
+            x, y = np.concatenate([x, x_val]), np.concatenate([y, y_val])
+            x_val = y_val = None
+    cv = trainer.cross_validate(x, y, rules.cv_folds)
     started = time.perf_counter()
     trainer.fit(x, y, x_val, y_val)
     fit_seconds = time.perf_counter() - started
@@ -95,8 +107,12 @@ def train(
         "classes": classes,
         "features": [c for c in train_df.columns if c != meta["target"]],
         "cv": cv,
+        "fit_on": "train+val" if merge_val else "train",
+        "rows": int(len(y)),
         "history": trainer.history,
     }
+    if tuning is not None:
+        record["tuning"] = tuning
     if x_val is not None:
         from sklearn.metrics import accuracy_score, r2_score
 

@@ -5,4 +5,4 @@ Each module exposes ``build(params) -> pipeline function``; :data:`PIPELINES` na
 :mod:`pipelines.cli`).
 """
 
-PIPELINES = {"training": "pipelines.training"}
+PIPELINES = {"training": "pipelines.training", "tuning": "pipelines.tuning"}

@@ -66,12 +66,15 @@ def _print_summary(result, params: Params, out=sys.stdout) -> None:
     w = out.write
     w(f"\n{'=' * 72}\n")
     status = "succeeded" if result.ok else "FAILED"
-    w(f"pipeline training {status} in {result.seconds:.1f} s\n")
+    w(f"pipeline {result.pipeline} {status} in {result.seconds:.1f} s\n")
     if ds := s.get("dataset"):
         w(f"  dataset        {ds['name']} ({ds['source']}), {ds['rows']} rows, "
           f"md5 {ds['md5']}\n")
     if m := s.get("model"):
         w(f"  model          {m.get('framework')}/{m.get('estimator')} on {m.get('device')}\n")
+    if best := s.get("best_trial"):
+        w(f"  best trial     {int(best['trial'])}: {best['framework']}/{best['estimator']}, "
+          f"validation {best['val_score']:.4f} (all trials: see the report)\n")
     if metrics := s.get("metrics"):
         w("  test metrics   " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + "\n")
     if gate := s.get("gate"):

@@ -35,6 +35,7 @@ class _ConsoleFilter(io.TextIOBase):
         self.started: dict[str, float] = {}
         self.failed: list[str] = []
         self.in_outputs = False  # kfp's dump of a finished task's outputs
+        self.in_input = False  # the executor input JSON a task logs first
 
     def write(self, text: str) -> int:
         self.log.write(text)
@@ -51,6 +52,12 @@ class _ConsoleFilter(io.TextIOBase):
     def _line(self, line: str) -> None:
         if self.in_outputs:
             self.in_outputs = not line.startswith("-----")
+            return
+        if self.in_input:
+            self.in_input = line.rstrip() != "    }"  # the JSON's closing brace
+            return
+        if "Got executor_input:" in line:
+            self.in_input = True
             return
         if m := _START.search(line):
             self.started[m.group(1)] = time.perf_counter()
@@ -72,6 +79,7 @@ class _ConsoleFilter(io.TextIOBase):
 class RunResult:
     """What a local run produced, read back from its artifacts."""
 
+    pipeline: str
     run_dir: Path
     log: Path
     seconds: float
@@ -96,9 +104,13 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     table = _artifact_meta(run_dir / "ingest-op", "table")
     if table:
         out["dataset"] = {k: table.get(k) for k in ("name", "source", "md5", "rows")}
-    model = _artifact_meta(run_dir / "train-op", "model")
+    model = (_artifact_meta(run_dir / "train-op", "model")
+             or _artifact_meta(run_dir / "retrain-op", "model"))
     if model:
         out["model"] = model
+    best = _artifact_meta(run_dir / "select-op", "best")
+    if best:
+        out["best_trial"] = best
     evaluation = run_dir / "evaluate-op" / "evaluation"
     if (evaluation / "metrics.json").is_file():
         out["metrics"] = json.loads((evaluation / "metrics.json").read_text())
@@ -151,4 +163,5 @@ def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
     new = sorted((p for p in root.iterdir() if p.is_dir() and p.name not in before),
                  key=lambda p: p.stat().st_mtime)
     run_dir = new[-1] if new else root
-    return RunResult(run_dir, log_path, seconds, ok, tee.failed, read_summary(run_dir))
+    return RunResult(pipeline_func.name, run_dir, log_path, seconds, ok, tee.failed,
+                     read_summary(run_dir))

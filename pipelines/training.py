@@ -56,26 +56,65 @@ def stage_settings(task: dsl.PipelineTask, key: str, params: Params,
     return task
 
 
-def build(params: Params) -> Callable:
-    """The ``training`` pipeline function with defaults from ``params``."""
+def pipeline_defaults(params: Params) -> dict:
+    """The settings as kfp parameter defaults: one dict per params.yaml section."""
     sections = _without_none(params.model_dump(mode="json", by_alias=True))
     dataset_default = sections["datasets"][params.dataset]
     if dataset_default.get("columns"):
         # A list keeps the file's column order; a Struct parameter would sort the keys.
         dataset_default["columns"] = params.dataset_spec.columns_as_pairs()
+    return {**sections, "dataset": dataset_default}
 
-    def staged(task: dsl.PipelineTask, key: str) -> dsl.PipelineTask:
-        return stage_settings(task, key, params)
+
+def data_stages(params: Params, dataset_name, dataset, data_root, validate, split, preprocess):
+    """ingest → validate → split → preprocess; returns the preprocess task."""
+    ingested = stage_settings(ops.ingest_op(dataset_name=dataset_name, dataset=dataset,
+                                            data_root=data_root), "ingest", params)
+    checked = stage_settings(ops.validate_op(table=ingested.outputs["table"], rules=validate),
+                             "validate", params)
+    parts = stage_settings(ops.split_op(table=ingested.outputs["table"], rules=split),
+                           "split", params)
+    parts.after(checked)  # split only validated data
+    return stage_settings(ops.preprocess_op(train=parts.outputs["train"],
+                                            val=parts.outputs["val"],
+                                            test=parts.outputs["test"], rules=preprocess),
+                          "preprocess", params)
+
+
+def release_stages(params: Params, prep, model, settings: dict, gate, model_name,
+                   register_model, code_dir) -> None:
+    """evaluate → gate → (if passed) package, for a fitted model."""
+    scored = stage_settings(ops.evaluate_op(model=model, test=prep.outputs["test_features"]),
+                            "evaluate", params)
+    verdict = stage_settings(ops.gate_op(evaluation=scored.outputs["evaluation"], rules=gate,
+                                         model_name=model_name), "gate", params)
+    verdict.set_caching_options(False)  # compares with the store's current model
+    with dsl.If(verdict.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
+        stage_settings(ops.package_op(
+            transformer=prep.outputs["transformer"],
+            model=model,
+            evaluation=scored.outputs["evaluation"],
+            gate=gate,
+            model_name=model_name,
+            register=register_model,
+            code_dir=code_dir,
+            **settings,
+        ), "package", params).set_caching_options(False)
+
+
+def build(params: Params) -> Callable:
+    """The ``training`` pipeline function with defaults from ``params``."""
+    d = pipeline_defaults(params)
 
     @dsl.pipeline(name="training", description=DESCRIPTION)
     def training(
         dataset_name: str = params.dataset,
-        dataset: dict = dataset_default,
-        validate: dict = sections["validate"],
-        split: dict = sections["split"],
-        preprocess: dict = sections["preprocess"],
-        train: dict = sections["train"],
-        gate: dict = sections["gate"],
+        dataset: dict = d["dataset"],
+        validate: dict = d["validate"],
+        split: dict = d["split"],
+        preprocess: dict = d["preprocess"],
+        train: dict = d["train"],
+        gate: dict = d["gate"],
         model_name: str = params.model_name(),
         register_model: bool = params.package.bentoml_store,
         data_root: str = ".",
@@ -96,35 +135,14 @@ def build(params: Params) -> Callable:
             data_root: directory that dataset paths are relative to (the DVC work tree).
             code_dir: git work tree whose commit is recorded in the lineage.
         """
-        ingested = staged(ops.ingest_op(dataset_name=dataset_name, dataset=dataset,
-                                        data_root=data_root), "ingest")
-        checked = staged(ops.validate_op(table=ingested.outputs["table"], rules=validate),
-                         "validate")
-        parts = staged(ops.split_op(table=ingested.outputs["table"], rules=split),
-                       "split")
-        parts.after(checked)
-        prep = staged(ops.preprocess_op(train=parts.outputs["train"], val=parts.outputs["val"],
-                                        test=parts.outputs["test"], rules=preprocess),
-                      "preprocess")
-        fitted = staged(ops.train_op(train=prep.outputs["train_features"],
-                                     val=prep.outputs["val_features"], rules=train),
-                        "train")
-        scored = staged(ops.evaluate_op(model=fitted.outputs["model"],
-                                        test=prep.outputs["test_features"]),
-                        "evaluate")
-        verdict = staged(ops.gate_op(evaluation=scored.outputs["evaluation"], rules=gate,
-                                     model_name=model_name), "gate")
-        verdict.set_caching_options(False)  # compares with the store's current model
-        with dsl.If(verdict.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
-            staged(ops.package_op(
-                transformer=prep.outputs["transformer"],
-                model=fitted.outputs["model"],
-                evaluation=scored.outputs["evaluation"],
-                dataset_name=dataset_name, dataset=dataset, validate=validate, split=split,
-                preprocess=preprocess, train=train, gate=gate,
-                model_name=model_name,
-                register=register_model,
-                code_dir=code_dir,
-            ), "package").set_caching_options(False)
+        prep = data_stages(params, dataset_name, dataset, data_root, validate, split,
+                           preprocess)
+        fitted = stage_settings(ops.train_op(train=prep.outputs["train_features"],
+                                             val=prep.outputs["val_features"], rules=train),
+                                "train", params)
+        release_stages(params, prep, fitted.outputs["model"],
+                       {"dataset_name": dataset_name, "dataset": dataset, "validate": validate,
+                        "split": split, "preprocess": preprocess, "train": train},
+                       gate, model_name, register_model, code_dir)
 
     return training

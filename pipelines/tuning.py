@@ -1,0 +1,97 @@
+"""The ``tuning`` pipeline: the training pipeline's data stages, then trials from the
+search space in params.yaml (``tune``) fanned out with ``dsl.ParallelFor``, the best trial on
+validation retrained on train + validation, evaluated once on test, gated and packaged.
+
+Each trial is scored by k-fold cross-validation on the training split and by its
+validation score; the trial table and a plot of the scores go into the evaluation report.
+Run it locally with ``python -m pipelines run tuning`` (``make tune``).
+"""
+
+# No `from __future__ import annotations` here: kfp reads the annotations as objects.
+from collections.abc import Callable
+
+from kfp import dsl
+
+from components import kfp_components as ops
+from components.config import Params
+from pipelines.training import data_stages, pipeline_defaults, release_stages, stage_settings
+
+DESCRIPTION = (
+    "Slipway tuning: ingest, validate, split and preprocess a DVC-versioned dataset; score "
+    "each trial of the search space by k-fold CV on the training split and on validation, "
+    "in parallel; retrain the best trial on train + validation; evaluate it once on the "
+    "test split, gate it and package it with lineage into the BentoML model store."
+)
+
+TITLES = {
+    "ingest": "Ingest dataset",
+    "validate": "Validate data",
+    "split": "Split train / val / test",
+    "preprocess": "Fit preprocessing",
+    "trials": "Draw trials",
+    "trial": "Score trial (CV + validation)",
+    "select": "Select best trial",
+    "retrain": "Retrain best on train + val",
+    "evaluate": "Evaluate on test split",
+    "gate": "Gate",
+    "package": "Package model version",
+}
+
+
+def build(params: Params) -> Callable:
+    """The ``tuning`` pipeline function with defaults from ``params``."""
+    d = pipeline_defaults(params)
+
+    @dsl.pipeline(name="tuning", description=DESCRIPTION)
+    def tuning(
+        dataset_name: str = params.dataset,
+        dataset: dict = d["dataset"],
+        validate: dict = d["validate"],
+        split: dict = d["split"],
+        preprocess: dict = d["preprocess"],
+        train: dict = d["train"],
+        tune: dict = d["tune"],
+        gate: dict = d["gate"],
+        model_name: str = params.model_name(),
+        register_model: bool = params.package.bentoml_store,
+        data_root: str = ".",
+        code_dir: str = ".",
+    ):
+        """Tune, then evaluate, gate and package the best model.
+
+        Args:
+            dataset_name: key of the dataset under ``datasets`` in params.yaml.
+            dataset: that dataset's declaration (source, path, target, column types).
+            validate: data validation thresholds.
+            split: test and validation fractions and the seed.
+            preprocess: imputation and scaling choices.
+            train: base training settings (CV folds, seed, default hyperparameters).
+            tune: search method, number of trials, parallelism and the search space.
+            gate: metric thresholds and tolerance against the packaged model.
+            model_name: BentoML model store name for the packaged version.
+            register_model: add the packaged version to the BentoML model store.
+            data_root: directory that dataset paths are relative to (the DVC work tree).
+            code_dir: git work tree whose commit is recorded in the lineage.
+        """
+        prep = data_stages(params, dataset_name, dataset, data_root, validate, split,
+                           preprocess)
+        drawn = stage_settings(ops.trials_op(tune=tune, train=train), "trials", params,
+                               TITLES["trials"])
+        with dsl.ParallelFor(drawn.output, parallelism=params.tune.parallelism) as trial:
+            scored = stage_settings(
+                ops.trial_op(train=prep.outputs["train_features"],
+                             val=prep.outputs["val_features"], rules=train, trial=trial),
+                "trial", params, TITLES["trial"])
+        chosen = stage_settings(ops.select_op(results=dsl.Collected(scored.outputs["result"])),
+                                "select", params, TITLES["select"])
+        fitted = stage_settings(
+            ops.retrain_op(train=prep.outputs["train_features"],
+                           val=prep.outputs["val_features"], rules=train,
+                           tuning=chosen.outputs["best"]),
+            "retrain", params, TITLES["retrain"])
+        release_stages(params, prep, fitted.outputs["model"],
+                       {"dataset_name": dataset_name, "dataset": dataset, "validate": validate,
+                        "split": split, "preprocess": preprocess, "train": train},
+                       gate, model_name, register_model, code_dir)
+
+    return tuning
