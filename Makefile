@@ -22,7 +22,7 @@ SET ?=
 PIPELINE ?= training
 PYTEST_ARGS ?=
 
-.PHONY: help setup run tune compile repro push pull test test-fast lint bench-pipeline lock clean
+.PHONY: help setup run tune seeds compile repro push pull test test-fast lint bench-pipeline lock clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,9 @@ run: setup ## run the training pipeline locally with kfp.local (SET="key=value .
 
 tune: setup ## run the tuning pipeline locally: trials in parallel, best retrained, gated, packaged
 	@$(PY) -m pipelines run tuning $(foreach s,$(SET),--set $(s))
+
+seeds: setup ## reproduce three classic workflows; table of expected vs measured (reports/seeds.json)
+	@$(PY) -m pipelines.seeds
 
 compile: setup ## compile every pipeline to build/pipelines/<name>.yaml (KFP IR)
 	@$(PY) -m pipelines compile --out-dir build/pipelines
