@@ -74,7 +74,7 @@ bench-pipeline: setup ## benchmark: kfp.local pipeline vs the same cores in-proc
 lock: ## re-pin requirements.lock from pyproject.toml (in a scratch venv)
 	@rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
 	@build/lock-venv/bin/pip install --quiet '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-	@{ sed -n '1,2p' requirements.lock; build/lock-venv/bin/pip freeze --exclude slipway; } > requirements.lock.new
+	@{ sed -n '1,2p' requirements.lock; build/lock-venv/bin/pip freeze --exclude slipway | sed 's/+cpu$$//'; } > requirements.lock.new
 	@mv requirements.lock.new requirements.lock && echo "requirements.lock updated"
 
 clean: ## remove build outputs (not the venv, not DVC data)
