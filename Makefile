@@ -48,7 +48,7 @@ seeds: setup ## reproduce three classic workflows; table of expected vs measured
 	@$(PY) -m pipelines.seeds
 
 compile: setup ## compile every pipeline to build/pipelines/<name>.yaml (KFP IR)
-	@$(PY) -m pipelines compile --out-dir build/pipelines
+	@$(PY) -m pipelines compile --out-dir build/pipelines $(foreach s,$(SET),--set $(s))
 
 repro: setup ## run the DVC pipeline (dvc.yaml): only stages whose inputs changed
 	@$(DVC) repro
