@@ -312,8 +312,14 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
         key, value = item.split("=", 1)
         node = nested
         parts = key.strip().split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise SlipwayError(
+                    f"override {item!r} conflicts with an earlier override that set "
+                    f"{'.'.join(parts[: i + 1])!r} to a value",
+                    "override either the whole section or keys inside it, not both",
+                )
         node[parts[-1]] = yaml.safe_load(value)
     return nested
 

@@ -74,7 +74,7 @@ def decide(
     if baseline is not None and name in baseline[1]:
         version, base_metrics = baseline
         base = float(base_metrics[name])
-        if sign * (value - base) < -rules.tolerance:
+        if sign * (value - base) < -rules.tolerance - 1e-9:  # exactly at tolerance passes
             return GateDecision(
                 False,
                 f"test {name} {value:.4f} is worse than the packaged model {version} "

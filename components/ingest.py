@@ -39,18 +39,26 @@ def load_sklearn(spec: SklearnDataset) -> pd.DataFrame:
     return df
 
 
-def _check_field_counts(path: Path, spec: FileDataset, expected: int | None) -> None:
-    """Fail on the first row whose field count differs from the header's (or `columns`)."""
+def _check_field_counts(path: Path, spec: FileDataset, expected: int | None) -> list[int]:
+    """Fail on the first row whose field count differs from the header's (or `columns`).
+
+    Returns:
+        The file line number of each data row (blank lines are skipped, as pandas does),
+        so later errors can name the line a bad value is on.
+    """
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         if spec.format == "csv":
-            rows = ((i, len(r)) for i, r in enumerate(csv.reader(f), start=1) if r)
+            reader = csv.reader(f)  # line_num counts physical lines (quoted newlines too)
+            rows = ((reader.line_num, len(r)) for r in reader if r)
         else:
             rows = (
                 (i, len(_WHITESPACE_FIELD.findall(line)))
                 for i, line in enumerate(f, start=1)
                 if line.strip()
             )
+        lines = []
         for line_no, count in rows:
+            lines.append(line_no)
             if expected is None:
                 expected = count
             elif count != expected:
@@ -60,6 +68,7 @@ def _check_field_counts(path: Path, spec: FileDataset, expected: int | None) -> 
                     "fix or remove that row (quote fields that contain the separator), "
                     "then `dvc add` the file again",
                 )
+    return lines[1:] if spec.header else lines
 
 
 def load_file(spec: FileDataset, root: Path) -> pd.DataFrame:
@@ -72,10 +81,13 @@ def load_file(spec: FileDataset, root: Path) -> pd.DataFrame:
             "the dataset's `path` in params.yaml",
         )
     names = list(spec.columns) if (spec.columns and not spec.header) else None
+    line_numbers: list[int] | None = None
     if spec.format == "parquet":
         df = pd.read_parquet(path)
     else:
-        _check_field_counts(path, spec, len(names) if names else None)
+        line_numbers = _check_field_counts(path, spec, len(names) if names else None)
+        if not line_numbers:
+            raise SlipwayError(f"{spec.path} has no data rows", "check the file is the right one")
         sep = "," if spec.format == "csv" else r"\s+"
         try:
             df = pd.read_csv(
@@ -89,7 +101,7 @@ def load_file(spec: FileDataset, root: Path) -> pd.DataFrame:
                 na_values=spec.na_values,
                 skipinitialspace=True,
             )
-        except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
             raise SlipwayError(
                 f"{spec.path} could not be parsed as {spec.format}: {err}",
                 "check the file's `format` in params.yaml and the row named above",
@@ -113,8 +125,10 @@ def load_file(spec: FileDataset, root: Path) -> pd.DataFrame:
             )
         df = df[[c for c, kind in spec.columns.items() if kind != "drop"]]
     for column in df.columns:
+        if column == spec.target and spec.task == "classification":
+            continue  # class labels stay as written: 1 must not become "1.0"
         if _column_kind(spec, column, df[column]) == "numeric":
-            df[column] = _to_numeric(df[column], column, spec, header_rows=int(spec.header))
+            df[column] = _to_numeric(df[column], column, spec, line_numbers)
     return df
 
 
@@ -127,16 +141,19 @@ def _column_kind(spec: FileDataset, column: str, values: pd.Series) -> str:
     return "numeric" if converted.notna().sum() == values.notna().sum() else "categorical"
 
 
-def _to_numeric(values: pd.Series, column: str, spec: FileDataset, header_rows: int) -> pd.Series:
+def _to_numeric(
+    values: pd.Series, column: str, spec: FileDataset, line_numbers: list[int] | None
+) -> pd.Series:
     if pd.api.types.is_numeric_dtype(values):
         return values.astype("float64")
     converted = pd.to_numeric(values, errors="coerce")
     bad = converted.isna() & values.notna()
     if bad.any():
         row = int(bad.to_numpy().nonzero()[0][0])
+        where = f" (line {line_numbers[row]})" if line_numbers else ""
         raise SlipwayError(
-            f"column {column!r} of {spec.path} is numeric but data row {row + 1} "
-            f"(line {row + 1 + header_rows}) holds {values.iloc[row]!r}",
+            f"column {column!r} of {spec.path} is numeric but data row {row + 1}{where} "
+            f"holds {values.iloc[row]!r}",
             f"add {values.iloc[row]!r} to the dataset's `na_values` if it marks a missing "
             f"value, or declare {column!r} as categorical in `columns`",
         )

@@ -109,6 +109,15 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Read a frame written by :func:`write_table` and its dataset facts."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    from components.errors import SlipwayError
+
+    if not Path(path).is_file():
+        raise SlipwayError(f"table {path} not found",
+                           "run the stage that writes it first (dvc repro runs them in order)")
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for a garbled file
+        raise SlipwayError(f"table {path} is not readable Parquet: {err}",
+                           "rerun the stage that writes it") from None
     meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
     return table.to_pandas(), meta

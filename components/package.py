@@ -136,6 +136,14 @@ def verify(version_dir: str | Path) -> dict[str, Any]:
     except (ValueError, KeyError) as err:
         raise SlipwayError(f"{lineage_path} is unreadable: {err}", "package the model again") \
             from None
+    extra = sorted(p.name for p in version_dir.iterdir()
+                   if p.name not in expected and p.name != LINEAGE_FILE)
+    if extra:
+        raise SlipwayError(
+            f"model version {lineage.get('version')}: unexpected file(s) {', '.join(extra)} "
+            "not recorded at packaging",
+            "remove them, or restore the version (dvc pull / dvc checkout)",
+        )
     for name, digest in expected.items():
         path = version_dir / name
         if not path.is_file():

@@ -55,7 +55,8 @@ def split_frame(
     def cut(frame: pd.DataFrame, size: int) -> tuple[pd.DataFrame, pd.DataFrame]:
         strat = frame[target] if stratify else None
         # A stratified cut needs at least one row per class on each side.
-        if stratify and min(size, len(frame) - size) < frame[target].nunique():
+        if stratify and (min(size, len(frame) - size) < frame[target].nunique()
+                         or frame[target].value_counts().min() < 2):
             strat = None
         return train_test_split(
             frame, test_size=size, random_state=rules.seed, shuffle=True, stratify=strat

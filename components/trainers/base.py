@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from components.errors import SlipwayError
+
 META_FILE = "trainer.json"
 
 
@@ -80,6 +82,15 @@ class Trainer(ABC):
         from sklearn.model_selection import KFold, StratifiedKFold
 
         classify = self.task == "classification"
+        smallest = int(np.bincount(y.astype("int64")).min(initial=len(y))) if classify else len(y)
+        if folds > len(y) or (classify and folds > smallest):
+            raise SlipwayError(
+                f"{folds}-fold cross-validation needs at least {folds} rows"
+                + (" of every class" if classify else "")
+                + f"; the training split has {len(y)} rows"
+                + (f", its smallest class {smallest}" if classify else ""),
+                "lower train.cv_folds in params.yaml, or add data",
+            )
         splitter = (StratifiedKFold if classify else KFold)(
             n_splits=folds, shuffle=True, random_state=self.seed
         )
