@@ -21,7 +21,7 @@ import pandas as pd
 from components import safe_load
 from components.config import Params, PreprocessParams
 from components.errors import SlipwayError
-from components.io import read_json, read_table, write_json, write_table
+from components.io import atomic_dir, read_json, read_table, write_json, write_table
 
 TRANSFORMER_FILE = "preprocessor.skops"
 SCHEMA_FILE = "schema.json"
@@ -128,9 +128,9 @@ def preprocess(
     transformer.fit(train_df[list(meta["features"])])
     schema = input_schema(train_df, meta)
     schema["transformed_features"] = list(transformer.get_feature_names_out())
-    transformer_dir = Path(transformer_dir)
-    safe_load.dump(transformer, transformer_dir / TRANSFORMER_FILE)
-    write_json(transformer_dir / SCHEMA_FILE, schema)
+    with atomic_dir(transformer_dir) as tmp:  # transformer and schema together, or neither
+        safe_load.dump(transformer, tmp / TRANSFORMER_FILE)
+        write_json(tmp / SCHEMA_FILE, schema)
     for (frame, frame_meta), out in zip(frames, outs, strict=True):
         write_table(transform(transformer, frame, meta), out,
                     {**frame_meta, "transformed": True})

@@ -21,7 +21,7 @@ import pandas as pd
 
 from components.config import Params, TrainParams
 from components.errors import SlipwayError
-from components.io import file_hash, read_json, read_table, write_json
+from components.io import atomic_dir, file_hash, read_json, read_table, write_json
 from components.trainers import Trainer, get_trainer, load_trainer
 
 TRAINING_FILE = "training.json"
@@ -118,9 +118,9 @@ def train(
 
         score = accuracy_score if task == "classification" else r2_score
         record["val_score"] = float(score(y_val, trainer.predict(x_val)))
-    model_dir = Path(model_dir)
-    trainer.save(model_dir)
-    write_json(model_dir / TRAINING_FILE, record)
+    with atomic_dir(model_dir) as tmp:  # all of the model's files, or none of them
+        trainer.save(tmp)
+        write_json(tmp / TRAINING_FILE, record)
     # Wall time is reported, not saved with the model: saved files stay byte-reproducible.
     return {**record, "fit_seconds": round(fit_seconds, 4)}
 

@@ -1,0 +1,223 @@
+"""Compiling the ``training`` pipeline to KFP IR YAML, and what the YAML holds.
+
+``pipelines.cli.compile_all`` with the settings of params.yaml (and with overrides), parsed
+back: the eight stage components and their executors, the artifact type of every output,
+pipeline parameters whose defaults are params.yaml's (auto_mpg's columns as ordered
+``[name, type]`` pairs), the container image from ``kfp.image`` on every executor, the gate
+condition around the package task, display names and caching; and the
+``python -m pipelines compile --out-dir`` command writing the same YAML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import load_params
+from pipelines import PIPELINES
+from pipelines.cli import compile_all
+
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "gate", "package")
+
+# component -> {output artifact: schema title}
+OUTPUT_TYPES = {
+    "ingest": {"table": "system.Dataset"},
+    "validate": {"report": "system.Markdown"},
+    "split": {"train": "system.Dataset", "val": "system.Dataset", "test": "system.Dataset"},
+    "preprocess": {"transformer": "system.Model", "train_features": "system.Dataset",
+                   "val_features": "system.Dataset", "test_features": "system.Dataset"},
+    "train": {"model": "system.Model", "cv_metrics": "system.Metrics"},
+    "evaluate": {"metrics": "system.Metrics",
+                 "classification_metrics": "system.ClassificationMetrics",
+                 "report": "system.HTML", "summary": "system.Markdown",
+                 "evaluation": "system.Artifact"},
+    "gate": {"decision": "system.Markdown"},
+    "package": {"model_version": "system.Model"},
+}
+# component -> {input artifact: schema title}
+INPUT_TYPES = {
+    "validate": {"table": "system.Dataset"},
+    "split": {"table": "system.Dataset"},
+    "preprocess": {"train": "system.Dataset", "val": "system.Dataset", "test": "system.Dataset"},
+    "train": {"train": "system.Dataset", "val": "system.Dataset"},
+    "evaluate": {"model": "system.Model", "test": "system.Dataset"},
+    "gate": {"evaluation": "system.Artifact"},
+    "package": {"transformer": "system.Model", "model": "system.Model",
+                "evaluation": "system.Artifact"},
+}
+DISPLAY_NAMES = {
+    "ingest": "Ingest dataset",
+    "validate": "Validate data",
+    "split": "Split train / val / test",
+    "preprocess": "Fit preprocessing",
+    "train": "Train model",
+    "evaluate": "Evaluate on test split",
+    "gate": "Gate",
+    "package": "Package model version",
+}
+
+
+def compile_to_dict(tmp_path: Path, *overrides: str) -> dict:
+    params = load_params(REPO / "params.yaml", list(overrides))
+    written = compile_all(params, tmp_path)
+    assert sorted(written) == sorted(tmp_path / f"{name}.yaml" for name in PIPELINES)
+    assert all(path.is_file() for path in written)
+    return yaml.safe_load((tmp_path / "training.yaml").read_text())
+
+
+def assert_has_settings(compiled, settings, key: str = "") -> None:
+    """Every setting of a params.yaml section is in the compiled default, with its value.
+
+    (The default may hold more: keys params.yaml leaves to their built-in defaults.)
+    Numbers travel as doubles (42 -> 42.0) and compare equal to params.yaml's.
+    """
+    if isinstance(settings, dict):
+        assert isinstance(compiled, dict), f"{key}: {compiled!r} is not a mapping"
+        for name, value in settings.items():
+            assert name in compiled, f"{key}.{name} missing from the compiled default"
+            assert_has_settings(compiled[name], value, f"{key}.{name}")
+    else:
+        assert compiled == settings, f"{key}: compiled {compiled!r}, params.yaml {settings!r}"
+
+
+@pytest.fixture(scope="module")
+def raw_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory) -> dict:
+    """The pipeline compiled with params.yaml as it is."""
+    return compile_to_dict(tmp_path_factory.mktemp("compile"))
+
+
+def _all_tasks(spec: dict) -> dict[str, dict]:
+    """Every task of the pipeline, those inside sub-DAGs (conditions) included."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def test_every_stage_has_a_component_and_an_executor(spec):
+    assert spec["pipelineInfo"]["name"] == "training"
+    executors = spec["deploymentSpec"]["executors"]
+    assert set(executors) == {f"exec-{s}-op" for s in STAGES}
+    for stage in STAGES:
+        component = spec["components"][f"comp-{stage}-op"]
+        assert component["executorLabel"] == f"exec-{stage}-op"
+        container = executors[f"exec-{stage}-op"]["container"]
+        assert "--function_to_execute" in container["args"]
+        assert container["args"][container["args"].index("--function_to_execute") + 1] \
+            == f"{stage}_op"
+        # The body imports its core from the installed package (install_kfp_package=False).
+        assert f"from components.{stage} import" in container["command"][-1]
+
+
+def test_artifact_types_of_outputs_and_inputs(spec):
+    for stage, outputs in OUTPUT_TYPES.items():
+        component = spec["components"][f"comp-{stage}-op"]
+        declared = component["outputDefinitions"]["artifacts"]
+        assert {name: a["artifactType"]["schemaTitle"] for name, a in declared.items()} \
+            == outputs, stage
+    for stage, inputs in INPUT_TYPES.items():
+        declared = spec["components"][f"comp-{stage}-op"]["inputDefinitions"]["artifacts"]
+        assert {name: a["artifactType"]["schemaTitle"] for name, a in declared.items()} \
+            == inputs, stage
+    gate_outputs = spec["components"]["comp-gate-op"]["outputDefinitions"]["parameters"]
+    assert gate_outputs == {"Output": {"parameterType": "BOOLEAN"}}
+
+
+def test_pipeline_parameters_default_to_params_yaml(spec, raw_params):
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    defaults = {name: p.get("defaultValue") for name, p in inputs.items()}
+    assert defaults["dataset_name"] == raw_params["dataset"] == "breast_cancer"
+    assert_has_settings(defaults["dataset"], raw_params["datasets"]["breast_cancer"], "dataset")
+    for section in ("validate", "split", "preprocess", "train", "gate"):
+        assert_has_settings(defaults[section], raw_params[section], section)
+        assert inputs[section]["parameterType"] == "STRUCT"
+    assert defaults["train"]["estimator"] == raw_params["train"]["estimator"]
+    assert defaults["model_name"] == "breast-cancer-classification"  # {dataset}-{task}
+    assert defaults["register_model"] is raw_params["package"]["bentoml_store"]
+    assert defaults["data_root"] == defaults["code_dir"] == "."
+    for name, parameter in inputs.items():
+        assert parameter.get("description"), f"parameter {name} has no description"
+
+
+def test_overrides_change_the_defaults_and_the_image(tmp_path):
+    image = "registry.example.com/slipway/components:test-1"
+    spec = compile_to_dict(tmp_path, "dataset=auto_mpg", "train.estimator=svm",
+                           f"kfp.image={image}", "package.model_name=mpg-{task}")
+    defaults = {n: p.get("defaultValue")
+                for n, p in spec["root"]["inputDefinitions"]["parameters"].items()}
+    assert defaults["dataset_name"] == "auto_mpg"
+    assert defaults["train"]["estimator"] == "svm"
+    assert defaults["model_name"] == "mpg-regression"
+    columns = yaml.safe_load((REPO / "params.yaml").read_text())["datasets"]["auto_mpg"]["columns"]
+    # A list of [name, type] pairs in file order (a Struct would sort the keys).
+    assert defaults["dataset"]["columns"] == [[name, kind] for name, kind in columns.items()]
+    assert defaults["dataset"]["columns"][0] == ["mpg", "numeric"]
+    assert defaults["dataset"]["columns"][-1] == ["car_name", "drop"]
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {image}
+
+
+def test_image_from_params_on_every_executor(spec, raw_params):
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        assert executor["container"]["image"] == raw_params["kfp"]["image"], name
+
+
+def test_package_runs_only_inside_the_gate_condition(spec):
+    root_tasks = spec["root"]["dag"]["tasks"]
+    assert "package-op" not in root_tasks
+    conditions = {name: t for name, t in root_tasks.items() if name.startswith("condition-")}
+    assert len(conditions) == 1
+    (cond_name, cond), = conditions.items()
+    assert "gate-op" in cond["dependentTasks"]
+    trigger = cond["triggerPolicy"]["condition"]
+    expected = "inputs.parameter_values['pipelinechannel--gate-op-Output']==true"
+    assert trigger.replace(" ", "") == expected
+    gate_output = cond["inputs"]["parameters"]["pipelinechannel--gate-op-Output"]
+    assert gate_output["taskOutputParameter"] == {"outputParameterKey": "Output",
+                                                  "producerTask": "gate-op"}
+    sub_dag = spec["components"][cond["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(sub_dag) == {"package-op"}
+    assert sub_dag["package-op"]["componentRef"]["name"] == "comp-package-op"
+    assert cond["taskInfo"]["name"] == "gate-passed"
+
+
+def test_task_wiring_display_names_and_caching(spec):
+    tasks = _all_tasks(spec)
+    for stage, title in DISPLAY_NAMES.items():
+        assert tasks[f"{stage}-op"]["taskInfo"]["name"] == title
+    root = spec["root"]["dag"]["tasks"]
+    # split waits for validation as well as for ingest's table.
+    assert set(root["split-op"]["dependentTasks"]) == {"ingest-op", "validate-op"}
+    assert root["train-op"]["inputs"]["artifacts"]["train"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "train_features", "producerTask": "preprocess-op"}
+    assert root["evaluate-op"]["inputs"]["artifacts"]["test"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "test_features", "producerTask": "preprocess-op"}
+    # gate compares with the store's current model and package writes to it: never cached.
+    for stage in STAGES:
+        cached = tasks[f"{stage}-op"].get("cachingOptions", {}).get("enableCache", False)
+        assert cached is (stage not in ("gate", "package")), stage
+
+
+def test_compile_cli_writes_the_same_yaml(tmp_path, run_cmd, python_cmd, spec):
+    out = tmp_path / "out dir"
+    proc = run_cmd([*python_cmd, "-m", "pipelines", "compile", "--out-dir", out], cwd=REPO,
+                   timeout=120)
+    for name in PIPELINES:
+        assert f"compiled {out / f'{name}.yaml'}" in proc.stdout
+    assert yaml.safe_load((out / "training.yaml").read_text()) == spec
+
+
+def test_compile_cli_rejects_an_unknown_pipeline(tmp_path, run_cmd, python_cmd):
+    proc = run_cmd([*python_cmd, "-m", "pipelines", "compile", "trainng", "--out-dir", tmp_path],
+                   cwd=REPO, expect=2, timeout=120)
+    assert "unknown pipeline 'trainng'" in proc.stderr
+    assert "did you mean 'training'?" in proc.stderr
+    assert not (tmp_path / "trainng.yaml").exists()
