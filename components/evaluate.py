@@ -156,7 +156,8 @@ def make_plots(result: dict[str, Any]) -> dict[str, bytes]:
         predicted = np.array(result["predictions"]["predicted"])
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
         ax.scatter(actual, predicted, s=12, alpha=0.7)
-        lo, hi = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
+        lo = float(min(actual.min(), predicted.min()))
+        hi = float(max(actual.max(), predicted.max()))
         ax.plot([lo, hi], [lo, hi], ls="--", color="grey")
         ax.set(xlabel="actual", ylabel="predicted", title="Predicted vs actual (test)")
         save("predicted_vs_actual", fig)
@@ -189,11 +190,16 @@ def make_plots(result: dict[str, Any]) -> dict[str, bytes]:
     history = result["training"].get("history") or {}
     curves = {k: v for k, v in history.items() if v}
     if curves:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for name, values in curves.items():
-            ax.plot(range(1, len(values) + 1), values, label=name)
-        ax.set(xlabel="epoch", title="Training curves")
-        ax.legend()
+        # Loss and the metric on separate axes: their scales differ (MSE vs MAE, say).
+        losses = {k: v for k, v in curves.items() if k.endswith("loss")}
+        metrics = {k: v for k, v in curves.items() if not k.endswith("loss")}
+        panels = [(n, c) for n, c in (("loss", losses), ("metric", metrics)) if c]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+        for ax, (title, group) in zip(axes[0], panels, strict=True):
+            for name, values in group.items():
+                ax.plot(range(1, len(values) + 1), values, label=name)
+            ax.set(xlabel="epoch", title=f"Training {title}")
+            ax.legend()
         save("training_curves", fig)
     return pngs
 
@@ -235,13 +241,15 @@ def render_html(result: dict[str, Any], pngs: dict[str, bytes]) -> str:
     """One self-contained page: no scripts, no external links, plots as data URIs."""
     ds, tr, detail = result["dataset"], result["training"], result["detail"]
     rows = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in result["metrics"].items()
+        f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>"
+        for k, v in result["metrics"].items()
     )
     cv = tr["cv"]
     rows += (f"<tr><th>cv {html.escape(cv['metric'])} (train)</th>"
              f"<td>{cv['mean']:.4f} ± {cv['std']:.4f}</td></tr>")
     if "val_score" in tr:
-        rows += f"<tr><th>validation {html.escape(cv['metric'])}</th><td>{tr['val_score']:.4f}</td></tr>"
+        rows += (f"<tr><th>validation {html.escape(cv['metric'])}</th>"
+                 f"<td>{tr['val_score']:.4f}</td></tr>")
     extra = ""
     if "per_class_accuracy" in detail:
         extra += "<h2>Per-class accuracy</h2><table>" + "".join(
@@ -276,7 +284,9 @@ def render_html(result: dict[str, Any], pngs: dict[str, bytes]) -> str:
         "</figcaption></figure>"
         for name, png in pngs.items()
     )
-    hyper = html.escape(", ".join(f"{k}={v}" for k, v in tr["hyperparameters"].items()) or "defaults")
+    hyper = html.escape(
+        ", ".join(f"{k}={v}" for k, v in tr["hyperparameters"].items()) or "defaults"
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Slipway evaluation: {html.escape(ds['name'])}</title>
@@ -291,7 +301,8 @@ code {{ background: #f4f4f4; padding: 0 3px; }}
 </style></head><body>
 <h1>Evaluation: {html.escape(ds['name'])} <small>({html.escape(result['task'])})</small></h1>
 <p>Model <b>{html.escape(tr['framework'])}/{html.escape(tr['estimator'])}</b> ({hyper}),
-trained on {html.escape(tr.get('device', 'cpu'))}; scored on the test split of {result['rows']} rows.
+trained on {html.escape(tr.get('device', 'cpu'))};
+scored on the test split of {result['rows']} rows.
 Dataset <code>{html.escape(ds['source'])}</code>, md5 <code>{html.escape(ds['md5'])}</code>.</p>
 <h2>Metrics</h2><table>{rows}</table>
 {extra}

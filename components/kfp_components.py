@@ -220,7 +220,8 @@ def package_op(
     with reporting_errors("package"):
         from pathlib import Path
 
-        from components.package import package, register as register_version
+        from components.package import package
+        from components.package import register as register_version
 
         settings = {"dataset": dataset_name, "datasets": {dataset_name: dataset},
                     "validate": validate, "split": split, "preprocess": preprocess,

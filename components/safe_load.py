@@ -55,8 +55,8 @@ def dump(obj: Any, path: str | Path) -> None:
 
     skops names array members and object references after ``id()`` of the objects and
     stamps members with the current time; both are renumbered in order of first mention
-    in skops' schema and members get a fixed timestamp, so the same fitted object always gives the same bytes (and so the
-    same content hash, DVC hash and model version).
+    in skops' schema and members get a fixed timestamp, so the same fitted object always
+    gives the same bytes (and so the same content hash, DVC hash and model version).
     """
     import skops.io as sio
 
@@ -80,6 +80,24 @@ def dump(obj: Any, path: str | Path) -> None:
                          compress_type=zipfile.ZIP_DEFLATED)
 
 
+def verify_file(path: str | Path, sha256: str | None) -> None:
+    """Refuse a missing model file, or one whose bytes differ from the recorded sha256.
+
+    Every backend calls this before its framework parses anything in the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SlipwayError(f"model file {path} not found", "rerun the stage that writes it")
+    if sha256 is not None:
+        actual = file_hash(path, "sha256")
+        if actual != sha256:
+            raise SlipwayError(
+                f"{path} does not match its recorded sha256 (expected {sha256[:12]}…, "
+                f"found {actual[:12]}…): the file was changed or truncated",
+                "restore the model version (dvc checkout / dvc pull) or package it again",
+            )
+
+
 def load(path: str | Path, sha256: str | None = None) -> Any:
     """Load a skops file, refusing unreviewed types and (optionally) a wrong hash.
 
@@ -93,16 +111,7 @@ def load(path: str | Path, sha256: str | None = None) -> Any:
     import skops.io as sio
 
     path = Path(path)
-    if not path.is_file():
-        raise SlipwayError(f"model file {path} not found", "rerun the stage that writes it")
-    if sha256 is not None:
-        actual = file_hash(path, "sha256")
-        if actual != sha256:
-            raise SlipwayError(
-                f"{path} does not match its recorded sha256 (expected {sha256[:12]}…, "
-                f"found {actual[:12]}…): the file was changed or truncated",
-                "restore the model version (dvc checkout / dvc pull) or package it again",
-            )
+    verify_file(path, sha256)
     try:
         untrusted = sio.get_untrusted_types(file=path)
     except Exception as err:  # skops raises zipfile/json errors on garbled files

@@ -51,13 +51,15 @@ def features_and_target(frame: pd.DataFrame, meta: dict[str, Any]) -> tuple[np.n
     return frame.drop(columns=[target]).to_numpy(dtype="float32"), frame[target]
 
 
-def checkpoint_dir(rules: TrainParams, train_path: str | Path) -> Path | None:
+def checkpoint_dir(
+    rules: TrainParams, train_path: str | Path, merge_val: bool = False
+) -> Path | None:
     """Where an epoch-based fit keeps its checkpoint: one folder per (data, settings) pair,
     so a rerun of the same fit resumes and a different fit never picks it up."""
     if not rules.checkpoint_dir or rules.framework == "sklearn":
         return None
     key = hashlib.sha256(
-        (file_hash(train_path, "sha256") + rules.model_dump_json()).encode()
+        (file_hash(train_path, "sha256") + rules.model_dump_json() + str(merge_val)).encode()
     ).hexdigest()[:16]
     return Path(rules.checkpoint_dir) / key
 
@@ -90,7 +92,7 @@ def train(
     trainer = get_trainer(rules.framework, task, rules.estimator,
                           rules.chosen_hyperparameters(), rules.seed,
                           image_shape=meta.get("image_shape"),
-                          checkpoint_dir=checkpoint_dir(rules, train_path))
+                          checkpoint_dir=checkpoint_dir(rules, train_path, merge_val))
     x_val = y_val = None
     if len(val_df):
         x_val, y_val_raw = features_and_target(val_df, meta)

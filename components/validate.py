@@ -96,7 +96,8 @@ def to_markdown(checks: list[Check], meta: dict[str, Any]) -> str:
         f"# Data validation: {meta.get('name', '?')}",
         "",
         f"{len(checks) - len(failed)} of {len(checks)} checks passed "
-        f"({meta.get('rows', '?')} rows, source {meta.get('source', '?')}, md5 {meta.get('md5', '?')}).",
+        f"({meta.get('rows', '?')} rows, source {meta.get('source', '?')}, "
+        f"md5 {meta.get('md5', '?')}).",
         "",
         "| result | rule | column | value | threshold | detail |",
         "|---|---|---|---|---|---|",

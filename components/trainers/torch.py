@@ -1,0 +1,565 @@
+"""PyTorch backend: an ``mlp`` for tabular rows and a small ``cnn`` for images.
+
+The training loop picks CUDA when present (else CPU) and says so once on stderr. On CUDA
+it runs the forward pass under bf16 autocast (fp16 with loss scaling on cards without
+native bf16), keeps CNN weights and batches channels-last, and feeds batches from pinned
+memory; on CPU it is seeded and deterministic, so the same fit gives byte-identical
+``model.safetensors``. Validation loss drives early stopping (the best epoch's weights are
+kept) and the learning-rate schedule. After every epoch the whole training state goes to
+``checkpoint_dir/checkpoint.safetensors`` (safetensors for tensors, JSON in its header for
+the rest, replaced atomically), and :meth:`TorchTrainer.fit` resumes from it: a killed fit
+rerun on CPU ends with the same weights as one never interrupted.
+
+Set ``CUDA_VISIBLE_DEVICES=`` (empty) to train on CPU on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from components import safe_load
+from components.errors import SlipwayError
+from components.io import atomic_path, write_json
+from components.trainers.base import META_FILE, Trainer
+from components.trainers.loop import (
+    check_image_shape,
+    epoch_line,
+    fingerprint,
+    metric_name,
+    n_outputs,
+    net_settings,
+    say,
+    target_scale,
+)
+from components.trainers.nets import build_net
+
+MODEL_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+EVAL_BATCH = 1024  # rows per forward pass when evaluating and predicting (no gradients kept)
+_announced: set[str] = set()  # devices already reported on stderr by this process
+
+
+def pick_device() -> tuple[torch.device, str]:
+    """The device to train on (CUDA when present, else CPU) and how to name it."""
+    if torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        return torch.device("cuda", index), f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return torch.device("cpu"), "cpu"
+
+
+def cpu_quota() -> int | None:
+    """Whole CPUs the container may use (its cgroup CPU quota), or None when unlimited.
+
+    torch sizes its thread pool by the cores it sees, not by a pod's CPU limit: 64 threads
+    under a 2-CPU limit spend most of their time throttled.
+    """
+    candidates = (("/sys/fs/cgroup/cpu.max", None),  # cgroup v2: "<quota> <period>"
+                  ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+    for quota_file, period_file in candidates:
+        try:
+            fields = Path(quota_file).read_text().split()
+            if period_file:
+                fields.append(Path(period_file).read_text().strip())
+        except OSError:
+            continue
+        if fields[0] in ("max", "-1"):
+            return None
+        return max(1, math.ceil(int(fields[0]) / int(fields[1])))
+    return None
+
+
+def fit_threads() -> int:
+    """CPU threads a fit uses: torch's own count, capped by the CPU quota unless
+    OMP_NUM_THREADS chose it."""
+    threads, quota = torch.get_num_threads(), cpu_quota()
+    if quota is not None and quota < threads and "OMP_NUM_THREADS" not in os.environ:
+        return quota
+    return threads
+
+
+@contextlib.contextmanager
+def _fit_mode(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels on CPU (reproducible fits), autotuned cuDNN on CUDA, no more
+    threads than the CPU quota (unless OMP_NUM_THREADS says otherwise); the process-wide
+    switches are put back afterwards."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    threads = torch.get_num_threads()
+    try:
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest conv
+        torch.set_num_threads(fit_threads())
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        torch.set_num_threads(threads)
+
+
+class ShuffledBatches(torch.utils.data.Sampler):
+    """One shuffled epoch as index tensors, a batch each: the dataset slices a whole batch
+    with one indexing op, where a BatchSampler hands over lists of Python ints to collate.
+
+    Args:
+        rows: dataset size.
+        batch_size: rows per batch (the last batch may be smaller).
+        generator: the seeded source of the shuffle (its state is checkpointed).
+    """
+
+    def __init__(self, rows: int, batch_size: int, generator: torch.Generator) -> None:
+        self.rows, self.batch_size, self.generator = rows, batch_size, generator
+
+    def __len__(self) -> int:
+        return -(-self.rows // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        # A generator: the permutation is drawn on the first batch asked for, not when the
+        # iterator is made (a multi-worker loader makes two for its first epoch, uses one).
+        yield from torch.randperm(self.rows, generator=self.generator).split(self.batch_size)
+
+
+def _as_is(batch: Any) -> Any:
+    """The loader's collate step: a batch sliced from tensors needs no collating."""
+    return batch
+
+
+@dataclass
+class _Progress:
+    """Where a fit stands after ``epoch`` epochs (what a checkpoint restores)."""
+
+    epoch: int = 0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped: bool = False
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+class TorchTrainer(Trainer):
+    """``mlp`` and ``cnn`` in PyTorch; hyperparameters: see :mod:`components.trainers.loop`."""
+
+    framework = "torch"
+
+    def __init__(
+        self, task: str, estimator: str, hyperparameters: dict[str, Any], seed: int,
+        **options: Any,
+    ) -> None:
+        super().__init__(task, estimator, hyperparameters, seed, **options)
+        self.settings = net_settings(self.framework, estimator, hyperparameters)
+        self.hyperparameters = self.settings.as_dict()  # as used, recorded in trainer.json
+        self.image_shape = check_image_shape(estimator, self.image_shape)
+        self.config: dict[str, Any] | None = None  # architecture, known once fit sees data
+        self.model: torch.nn.Module | None = None
+        self._device = torch.device("cpu")  # where self.model sits
+        self._amp_dtype: torch.dtype | None = None  # autocast's dtype on CUDA
+
+    # ----------------------------------------------------------------- building blocks
+
+    def _architecture(self, n_features: int, outputs: int) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "estimator": self.estimator,
+            "n_features": n_features,
+            "n_outputs": outputs,
+            "hidden": list(self.settings.hidden),
+            "channels": list(self.settings.channels) if self.settings.channels else None,
+            "image_shape": list(self.image_shape) if self.image_shape else None,
+            "dropout": self.settings.dropout,
+        }
+
+    def _channels_last(self) -> bool:
+        return self.estimator == "cnn" and self._device.type == "cuda"
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        """Float32 feature rows as a tensor; image batches as (N, C, H, W)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n_features = self.config["n_features"]
+        if x.ndim != 2 or x.shape[1] != n_features:
+            raise SlipwayError(
+                f"expected rows of {n_features} features, got an array of shape {x.shape}",
+                "preprocess the data with the transformer the model was trained with",
+            )
+        t = torch.from_numpy(x)
+        return t.view(len(t), *self.image_shape) if self.estimator == "cnn" else t
+
+    def _to_device(self, xb: torch.Tensor) -> torch.Tensor:
+        xb = xb.to(self._device, non_blocking=True)
+        if self._channels_last():
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self._amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self._amp_dtype)
+
+    def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        s = self.settings
+        params, kw = model.parameters(), {"lr": s.lr, "weight_decay": s.weight_decay}
+        if s.optimizer == "adamw":
+            return torch.optim.AdamW(params, **kw)
+        if s.optimizer == "adam":
+            return torch.optim.Adam(params, **kw)
+        if s.optimizer == "rmsprop":
+            return torch.optim.RMSprop(params, **kw)
+        return torch.optim.SGD(params, momentum=0.9, **kw)
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        s = self.settings
+        if s.schedule == "cosine":  # stepped once per epoch, down to 0 at the last one
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s.epochs)
+        if s.schedule == "plateau":
+            # Halve the rate after half the early-stopping patience without improvement,
+            # so a lower rate gets its chance before early stopping ends the fit.
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=0.5, patience=max(1, s.patience // 2))
+        return None
+
+    def _loader(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+        from torch.utils.data import DataLoader, TensorDataset
+
+        cuda = self._device.type == "cuda"
+        # Workers only pay on CUDA, where they slice and pin the next batches while the GPU
+        # computes. On CPU the data are already in-memory tensors: slicing a batch costs
+        # microseconds, and workers would add process start-up and inter-process copies
+        # while competing with the training step for the same cores.
+        workers = self.settings.num_workers
+        workers = (2 if cuda else 0) if workers is None else workers
+        # The loader draws its workers' seeds from a generator of its own: it draws once per
+        # epoch, or once per fit with persistent workers, and that must not move the shuffle.
+        return DataLoader(TensorDataset(x, y),
+                          sampler=ShuffledBatches(len(x), self.settings.batch_size, generator),
+                          batch_size=None, collate_fn=_as_is, num_workers=workers,
+                          pin_memory=cuda, persistent_workers=workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+    def _loss(self, model: torch.nn.Module, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.task == "classification":
+            return F.cross_entropy(out, y)
+        # Mean squared error of standardised values: the gradient scale does not depend on
+        # the target's units (reported losses are converted back to those units).
+        return F.mse_loss(model.standardize(out), model.standardize(y))
+
+    def _metric_sum(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.task == "classification":
+            return (out.argmax(dim=1) == y).sum()
+        return (out - y).abs().sum()
+
+    def _loss_units(self, model: torch.nn.Module) -> float:
+        """Factor from the optimised loss to the target's units (MSE scales with std²)."""
+        return float(model.target_std) ** 2 if self.task == "regression" else 1.0
+
+    # ------------------------------------------------------------------------ training
+
+    def fit(self, x, y, x_val=None, y_val=None) -> None:
+        s = self.settings
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x_val is None or y_val is None or len(x_val) == 0:
+            x_val = y_val = None
+        self.image_shape = check_image_shape(self.estimator, self.image_shape, x.shape[1])
+        outputs = n_outputs(self.task, y, y_val)
+        mean, std = target_scale(self.task, y, s)
+        self.config = self._architecture(x.shape[1], outputs)
+        self._device, self.device = pick_device()
+        self._amp_dtype = None
+        if self._device.type == "cuda":
+            native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+            self._amp_dtype = torch.bfloat16 if native_bf16 else torch.float16
+        if self.device not in _announced:
+            _announced.add(self.device)
+            say(f"torch: training on {self.device}"
+                + (f" ({fit_threads()} threads)" if self._device.type == "cpu" else ""))
+        y_dtype = np.int64 if self.task == "classification" else np.float32
+        y = np.asarray(y, dtype=y_dtype)
+        y_val = None if y_val is None else np.asarray(y_val, dtype=y_dtype)
+
+        with _fit_mode(self._device):
+            torch.manual_seed(self.seed)
+            model = build_net(self.config)
+            if self.task == "regression":
+                model.set_target_scale(mean, std)
+            model.to(self._device)
+            if self._channels_last():
+                model.to(memory_format=torch.channels_last)
+            self.model = model
+            optimizer = self._optimizer(model)
+            scheduler = self._scheduler(optimizer)
+            # bf16 needs no loss scaling; cards without it (T4, V100) get fp16 with scaling.
+            scaler = torch.amp.GradScaler("cuda", enabled=self._amp_dtype == torch.float16)
+            generator = torch.Generator().manual_seed(self.seed)
+            loader = self._loader(self._tensor(x), torch.from_numpy(y), generator)
+            val = None
+            if x_val is not None:
+                xv, yv = self._tensor(x_val), torch.from_numpy(y_val)
+                val = (xv.pin_memory(), yv.pin_memory()) if self._device.type == "cuda" \
+                    else (xv, yv)
+
+            progress, best_state = _Progress(), None
+            ckpt = self.checkpoint_dir / CHECKPOINT_FILE if self.checkpoint_dir else None
+            # Not the device: a fit killed on one machine may resume on another.
+            key = fingerprint({**self.describe(), "device": None, "architecture": self.config},
+                              x, y, x_val, y_val)
+            restored = _read_checkpoint(ckpt, key) if ckpt else None
+            if restored is not None:
+                progress, best_state = self._restore(restored, model, optimizer, scheduler,
+                                                     scaler, generator)
+                say(f"torch: resuming from {ckpt} after epoch {progress.epoch}/{s.epochs}")
+
+            metric = metric_name(self.task)
+            for epoch in range(progress.epoch, s.epochs):
+                if progress.stopped:
+                    break
+                lr = optimizer.param_groups[0]["lr"]
+                logs = self._train_epoch(model, loader, optimizer, scaler, epoch)
+                monitor = logs["loss"]
+                if val is not None:
+                    logs["val_loss"], logs[f"val_{metric}"] = self._evaluate(model, *val)
+                    monitor = logs["val_loss"]
+                    if monitor < progress.best_loss:
+                        progress.best_loss, progress.best_epoch = monitor, epoch + 1
+                        progress.bad_epochs = 0
+                        best_state = {k: v.detach().to("cpu", copy=True)
+                                      for k, v in model.state_dict().items()}
+                    else:
+                        progress.bad_epochs += 1
+                        progress.stopped = progress.bad_epochs >= max(1, s.patience)
+                for name, value in logs.items():
+                    progress.history.setdefault(name, []).append(value)
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.step(monitor)
+                elif scheduler is not None:
+                    scheduler.step()
+                progress.epoch = epoch + 1
+                say(epoch_line(epoch + 1, s.epochs, logs, lr))
+                if progress.stopped:
+                    say(f"torch: early stopping after epoch {epoch + 1}: val_loss has not "
+                        f"improved for {progress.bad_epochs} epochs; keeping epoch "
+                        f"{progress.best_epoch} (val_loss {progress.best_loss:.4g})")
+                if ckpt is not None:
+                    _write_checkpoint(ckpt, key, model, optimizer, scheduler, scaler, generator,
+                                      progress, best_state)
+            if best_state is not None:
+                model.load_state_dict(best_state)
+            self.history = progress.history
+        model.eval()
+
+    def _train_epoch(self, model, loader, optimizer, scaler, epoch: int) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        model.train()
+        # Per step only references are kept (no extra kernels, no GPU sync); the epoch's
+        # loss and metric are reduced once at its end. Outputs take rows x classes floats.
+        losses, outs, targets = [], [], []
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{self.settings.epochs}",
+                   unit="batch", file=sys.stderr, leave=False, disable=not sys.stderr.isatty())
+        every = max(1, len(loader) // 10)  # reading the loss back syncs the GPU: not each step
+        for step, (xb, yb) in enumerate(loader, start=1):
+            xb, yb = self._to_device(xb), yb.to(self._device, non_blocking=True)
+            with self._autocast():
+                out = model(xb)
+            loss = self._loss(model, out, yb)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(loss.detach())
+            outs.append(out.detach())
+            targets.append(yb)
+            if not bar.disable:
+                bar.update(1)
+                if step % every == 0:
+                    recent = torch.stack(losses[-every:]).mean().item()
+                    bar.set_postfix(loss=f"{recent * self._loss_units(model):.4g}")
+        bar.close()
+        with torch.no_grad():
+            sizes = torch.tensor([len(t) for t in targets], dtype=torch.float32,
+                                 device=self._device)
+            rows = float(sizes.sum())
+            loss = (torch.stack(losses).float() * sizes).sum().item() / rows
+            loss *= self._loss_units(model)
+            metric = self._metric_sum(torch.cat(outs), torch.cat(targets)).item() / rows
+        if not math.isfinite(loss):
+            raise SlipwayError(
+                f"the {self.estimator} diverged: training loss is {loss} in epoch {epoch + 1}",
+                f"lower train.hyperparameters.{self.estimator}.lr in params.yaml, or check the "
+                "features are scaled",
+            )
+        return {"loss": loss, metric_name(self.task): metric}
+
+    @torch.inference_mode()
+    def _evaluate(self, model, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        model.eval()
+        loss_sum = torch.zeros((), device=self._device)
+        metric_sum = torch.zeros((), device=self._device)
+        for start in range(0, len(x), EVAL_BATCH):
+            xb = self._to_device(x[start:start + EVAL_BATCH])
+            yb = y[start:start + EVAL_BATCH].to(self._device, non_blocking=True)
+            with self._autocast():
+                out = model(xb)
+            loss_sum += self._loss(model, out, yb) * len(yb)
+            metric_sum += self._metric_sum(out, yb)
+        return (loss_sum.item() / len(x) * self._loss_units(model), metric_sum.item() / len(x))
+
+    def _restore(self, restored, model, optimizer, scheduler, scaler, generator):
+        meta, tensors = restored
+        part = {p: {k[len(p) + 1:]: v for k, v in tensors.items() if k.startswith(p + ".")}
+                for p in ("model", "best", "optim", "rng")}
+        model.load_state_dict(part["model"])
+        state: dict[int, dict[str, Any]] = {}
+        for name, value in part["optim"].items():
+            pid, key = name.split(".", 1)
+            state.setdefault(int(pid), {})[key] = value
+        for pid, values in meta["optimizer"]["state"].items():
+            state.setdefault(int(pid), {}).update(values)
+        optimizer.load_state_dict({"state": state,
+                                   "param_groups": meta["optimizer"]["param_groups"]})
+        if scheduler is not None:
+            scheduler.load_state_dict(meta["scheduler"])
+        if meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+        torch.set_rng_state(part["rng"]["cpu"])
+        generator.set_state(part["rng"]["loader"])
+        cuda_states = [part["rng"][k] for k in sorted(part["rng"]) if k.startswith("cuda.")]
+        if cuda_states and torch.cuda.is_available() \
+                and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        return _Progress(**meta["progress"]), (part["best"] or None)
+
+    # ---------------------------------------------------------------------- predicting
+
+    def _outputs(self, x: np.ndarray) -> torch.Tensor:
+        if self.model is None:
+            raise SlipwayError("the torch trainer has not been fitted", "call fit() first")
+        x_t = self._tensor(x)
+        self.model.eval()
+        outs = []
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, len(x_t), EVAL_BATCH):
+                outs.append(self.model(self._to_device(x_t[start:start + EVAL_BATCH]))
+                            .float().cpu())
+        if not outs:
+            width = self.config["n_outputs"]
+            return torch.zeros((0, width) if self.task == "classification" else (0,))
+        return torch.cat(outs)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        out = self._outputs(x)
+        if self.task == "classification":
+            return out.argmax(dim=1).numpy().astype(np.int64)
+        return out.numpy().astype(np.float64)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray | None:
+        if self.task != "classification":
+            return None
+        return torch.softmax(self._outputs(x).double(), dim=1).numpy()
+
+    # ------------------------------------------------------------------- save and load
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        from safetensors.torch import save_file
+
+        if self.model is None:
+            raise SlipwayError("the torch trainer has not been fitted", "call fit() first")
+        directory = Path(directory)
+        with atomic_path(directory / MODEL_FILE) as tmp:
+            save_file(_cpu(self.model.state_dict()), str(tmp))
+        meta = {**self.describe(), "architecture": self.config, "files": [MODEL_FILE]}
+        write_json(directory / META_FILE, meta)
+        return meta
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict[str, Any], hashes: dict[str, str]) -> Trainer:
+        """Reopen a saved model on CPU (safetensors: no code runs while loading)."""
+        from safetensors.torch import load_file
+
+        path = Path(directory) / MODEL_FILE
+        safe_load.verify_file(path, hashes.get(MODEL_FILE))
+        trainer = cls(meta["task"], meta["estimator"], meta["hyperparameters"], meta["seed"],
+                      image_shape=meta.get("image_shape"))
+        trainer.device = meta.get("device", "cpu")  # where it was trained (lineage)
+        if "architecture" not in meta:
+            raise SlipwayError(f"{Path(directory) / META_FILE} has no architecture to rebuild "
+                               "the network from", "retrain the model")
+        trainer.config = meta["architecture"]
+        model = build_net(trainer.config)
+        try:
+            model.load_state_dict(load_file(path, device="cpu"))
+        except (RuntimeError, OSError) as err:  # missing keys, wrong shapes, garbled file
+            raise SlipwayError(f"{path} does not hold the weights {META_FILE} describes: {err}",
+                               "restore the model version or retrain it") from None
+        trainer.model = model.eval()
+        return trainer
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies (safetensors wants contiguous tensors; channels-last is not)."""
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def _write_checkpoint(path, key, model, optimizer, scheduler, scaler, generator,
+                      progress: _Progress, best_state) -> None:
+    """The whole training state in one safetensors file, replaced atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
+    opt = optimizer.state_dict()
+    other: dict[str, dict[str, Any]] = {}
+    for pid, values in opt["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{name}"] = value
+            else:
+                other.setdefault(str(pid), {})[name] = value
+    tensors["rng.cpu"] = torch.get_rng_state()
+    tensors["rng.loader"] = generator.get_state()
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i:03d}"] = state
+    meta = {
+        "fingerprint": key,
+        "progress": asdict(progress),
+        "optimizer": {"state": other, "param_groups": opt["param_groups"]},
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+    }
+    with atomic_path(path) as tmp:
+        # One metadata entry: safetensors writes a map's entries in no fixed order.
+        save_file(_cpu(tensors), str(tmp), metadata={"slipway": json.dumps(meta)})
+
+
+def _read_checkpoint(path: Path, key: str):
+    """``(meta, tensors)`` of this fit's checkpoint, or None to start afresh."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = json.loads((f.metadata() or {})["slipway"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as err:  # a garbled file: training again is the fix
+        say(f"torch: ignoring unreadable checkpoint {path} ({err}); starting afresh")
+        return None
+    if meta.get("fingerprint") != key:
+        say(f"torch: ignoring checkpoint {path}: it is from a different fit (other data or "
+            "settings); starting afresh")
+        return None
+    return meta, tensors
