@@ -81,7 +81,26 @@ class FileDataset(_Strict):
         return self
 
 
-DatasetSpec = Annotated[SklearnDataset | FileDataset, Field(discriminator="source")]
+class Cifar10Dataset(_Strict):
+    """CIFAR-10 in its binary format (``data_batch_*.bin``): 32x32 colour images, 10 classes."""
+
+    source: Literal["cifar10"]
+    path: str  # the unpacked cifar-10-batches-bin directory (DVC-tracked)
+    files: list[str] = Field(default_factory=lambda: ["data_batch_*.bin"])  # globs in `path`
+    max_rows: int | None = Field(None, ge=1)  # the first rows only, for a quick run
+
+    @property
+    def task(self) -> Task:
+        return "classification"
+
+    @property
+    def target(self) -> str:
+        return "label"
+
+
+DatasetSpec = Annotated[
+    SklearnDataset | FileDataset | Cifar10Dataset, Field(discriminator="source")
+]
 
 
 class ValidateParams(_Strict):
@@ -242,7 +261,7 @@ class Params(_Strict):
         return self
 
     @property
-    def dataset_spec(self) -> SklearnDataset | FileDataset:
+    def dataset_spec(self) -> SklearnDataset | FileDataset | Cifar10Dataset:
         return self.datasets[self.dataset]
 
     def model_name(self) -> str:
@@ -269,7 +288,8 @@ def _format_validation_error(err: ValidationError, source: str, raw: dict) -> Sl
     for e in err.errors():
         loc = [str(p) for p in e["loc"] if not str(p).startswith(("function-after", "tagged"))]
         # Drop discriminator tags such as 'file' that pydantic inserts into the location.
-        loc = [p for p in loc if p not in ("sklearn", "file")] if "datasets" in loc else loc
+        loc = ([p for p in loc if p not in ("sklearn", "file", "cifar10")]
+               if "datasets" in loc else loc)
         key = ".".join(loc) or "(top level)"
         if e["type"] == "extra_forbidden":
             known = _known_keys(loc[:-1])
@@ -290,7 +310,8 @@ def _known_keys(loc: list[str]) -> list[str]:
     for i, part in enumerate(loc):
         if model is Params and part == "datasets":
             if len(loc) == i + 2:  # datasets.<name>.<key>
-                return sorted(set(FileDataset.model_fields) | set(SklearnDataset.model_fields))
+                return sorted(set(FileDataset.model_fields) | set(SklearnDataset.model_fields)
+                              | set(Cifar10Dataset.model_fields))
             return []
         fields = {f.alias or n: f for n, f in model.model_fields.items()}
         ann = fields[part].annotation if part in fields else None
@@ -377,7 +398,7 @@ def section(name: str, raw: dict) -> Any:
         raise _format_validation_error(err, f"section {name!r}", raw) from None
 
 
-def dataset_spec(raw: dict) -> SklearnDataset | FileDataset:
+def dataset_spec(raw: dict) -> SklearnDataset | FileDataset | Cifar10Dataset:
     """Validate one ``datasets`` entry (as passed to the ingest component)."""
     from pydantic import TypeAdapter
 

@@ -1,7 +1,8 @@
 """Ingest stage: read the dataset declared in params.yaml into a typed Parquet table.
 
 Sources: a DVC-tracked file under ``data/`` (CSV, whitespace-separated or Parquet) with its
-target column, NA markers and column types, or a bundled scikit-learn set. The output table
+target column, NA markers and column types, a bundled scikit-learn set, or CIFAR-10 in its
+binary format (images: the table's metadata then carries their shape). The output table
 carries the dataset facts (rows, columns, source, task, target, feature types and the
 content hash, DVC's md5 for a file) in its metadata.
 
@@ -19,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from components.config import FileDataset, Params, SklearnDataset
+from components.config import Cifar10Dataset, FileDataset, Params, SklearnDataset
 from components.errors import SlipwayError
 from components.io import file_hash, write_table
 
@@ -69,6 +70,28 @@ def _check_field_counts(path: Path, spec: FileDataset, expected: int | None) -> 
                     "then `dvc add` the file again",
                 )
     return lines[1:] if spec.header else lines
+
+
+def load_cifar10(spec: Cifar10Dataset, root: Path) -> tuple[pd.DataFrame, list[Path]]:
+    """CIFAR-10 binary batches as a frame: one column per pixel (channel, row, column
+    order, named ``pixel_<c>_<y>_<x>``) and a ``label`` column of class names."""
+    from components.cifar import CLASSES, IMAGE_SHAPE, read_cifar10
+
+    directory = root / spec.path
+    files = sorted({f for pattern in spec.files for f in directory.glob(pattern)})
+    if not files:
+        raise SlipwayError(
+            f"no CIFAR-10 files matching {', '.join(spec.files)} in {spec.path}",
+            f"run `dvc pull` for {spec.path}, or correct the dataset's `path` / `files`",
+        )
+    pixels, labels = read_cifar10(files)
+    if spec.max_rows:
+        pixels, labels = pixels[: spec.max_rows], labels[: spec.max_rows]
+    c, h, w = IMAGE_SHAPE
+    names = [f"pixel_{k}_{y}_{x}" for k in range(c) for y in range(h) for x in range(w)]
+    df = pd.DataFrame(pixels.astype("float32"), columns=names)
+    df["label"] = pd.Series([CLASSES[i] for i in labels], dtype="str")
+    return df, files
 
 
 def load_file(spec: FileDataset, root: Path) -> pd.DataFrame:
@@ -161,7 +184,10 @@ def _to_numeric(
 
 
 def ingest(
-    name: str, spec: SklearnDataset | FileDataset, out: str | Path, root: str | Path = "."
+    name: str,
+    spec: SklearnDataset | FileDataset | Cifar10Dataset,
+    out: str | Path,
+    root: str | Path = ".",
 ) -> dict[str, Any]:
     """Read a dataset and write it as a typed Parquet table.
 
@@ -175,7 +201,11 @@ def ingest(
         The dataset facts also stored in the table's metadata.
     """
     root = Path(root)
-    if isinstance(spec, SklearnDataset):
+    if isinstance(spec, Cifar10Dataset):
+        df, files = load_cifar10(spec, root)
+        source = f"cifar10:{spec.path}"
+        md5 = hashlib.md5("".join(file_hash(f, "md5") for f in files).encode()).hexdigest()
+    elif isinstance(spec, SklearnDataset):
         df = load_sklearn(spec)
         source = f"sklearn:{spec.name}"
         # A content hash of the canonical CSV bytes, so a library update that changes the
@@ -209,10 +239,14 @@ def ingest(
     return meta
 
 
-def _image_shape(spec: SklearnDataset | FileDataset) -> list[int] | None:
+def _image_shape(spec: SklearnDataset | FileDataset | Cifar10Dataset) -> list[int] | None:
     """(channels, height, width) when the feature columns are an image's pixels."""
     if isinstance(spec, SklearnDataset) and spec.name == "digits":
         return [1, 8, 8]
+    if isinstance(spec, Cifar10Dataset):
+        from components.cifar import IMAGE_SHAPE
+
+        return list(IMAGE_SHAPE)
     return None
 
 

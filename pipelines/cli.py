@@ -44,9 +44,8 @@ def compile_all(params: Params, out_dir: str | Path, names: list[str] | None = N
 
 def _preflight(params: Params) -> None:
     """Fail before starting any task when the data file is not there."""
-    spec = params.dataset_spec
-    path = getattr(spec, "path", None)
-    if path and not Path(path).is_file():
+    path = getattr(params.dataset_spec, "path", None)
+    if path and not Path(path).exists():
         hint = (f"run `dvc pull {path}.dvc` to fetch it from the DVC remote"
                 if Path(f"{path}.dvc").is_file() else "correct the dataset's `path`")
         raise SlipwayError(f"data file {path} for dataset {params.dataset!r} not found", hint)
