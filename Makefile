@@ -22,7 +22,7 @@ SET ?=
 PIPELINE ?= training
 PYTEST_ARGS ?=
 
-.PHONY: help setup run tune seeds compile repro push pull test test-fast lint bench-pipeline lock clean
+.PHONY: help setup run tune seeds compile repro push pull test test-fast lint bench-pipeline bench-train lock clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -70,6 +70,9 @@ lint: setup ## ruff
 
 bench-pipeline: setup ## benchmark: kfp.local pipeline vs the same cores in-process vs a no-change rerun
 	@$(PY) -m benchmarks.pipeline
+
+bench-train: setup ## benchmark: torch trainer vs a bare PyTorch loop vs the tutorial loop (+ ResNet-18 on a GPU)
+	@$(PY) -m benchmarks.train
 
 lock: ## re-pin requirements.lock from pyproject.toml (in a scratch venv)
 	@rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv

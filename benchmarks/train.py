@@ -1,0 +1,290 @@
+"""``make bench-train``: training throughput of the torch trainer against plain PyTorch.
+
+Side by side in one run, on synthetic data (so nothing is downloaded):
+
+1. samples/s of :class:`components.trainers.torch.TorchTrainer` (MLP on tabular rows, CNN on
+   CIFAR-shaped images) against a bare PyTorch loop of the same model, optimizer and batch
+   size (target ratio >= 0.9: the trainer's checkpoints, progress, metrics and seeding may
+   cost at most a tenth), and against the tutorial-style loop (batch size 4, fp32, a
+   default ``DataLoader``, no loader tuning);
+2. on a CUDA machine: ResNet-18 (CIFAR variant) on CIFAR-shaped synthetic data with bf16
+   autocast and channels-last, eager and ``torch.compile``: images/s and the share of the
+   GPU's peak dense bf16 FLOP/s it reaches (FLOPs counted by
+   ``torch.utils.flop_counter``). Skipped, and said so, without a GPU.
+
+Each figure is the median of ``--repeat`` timed runs after a warm-up. Writes
+``build/benchmarks/train.json``.
+
+    python -m benchmarks.train [--repeat 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Peak dense bf16 tensor-core throughput, FLOP/s (vendor datasheets, without sparsity).
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "T4": 65e12}
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(), "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def timed(fn, repeat: int) -> list[float]:
+    fn()  # warm-up: allocator, kernels, lazy imports
+    out = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def data(kind: str, rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+    rng = np.random.default_rng(seed)
+    if kind == "mlp":
+        x = rng.standard_normal((rows, 64), dtype=np.float32)
+        y = (x[:, :10].argmax(1)).astype(np.int64)  # learnable: the largest of 10 features
+        return x, y, None
+    x = rng.standard_normal((rows, 3 * 32 * 32), dtype=np.float32)
+    y = rng.integers(0, 10, rows).astype(np.int64)
+    return x, y, (3, 32, 32)
+
+
+def settings(kind: str, epochs: int, batch: int) -> dict[str, Any]:
+    common = {"epochs": epochs, "patience": epochs, "batch_size": batch, "optimizer": "adamw",
+              "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine", "dropout": 0.0}
+    if kind == "mlp":
+        return {**common, "hidden": [256, 128]}
+    return {**common, "channels": [32, 64], "hidden": [120, 84]}
+
+
+def trainer_run(kind: str, x, y, shape, epochs: int, batch: int):
+    from components.trainers.torch import TorchTrainer
+
+    def run() -> None:
+        trainer = TorchTrainer("classification", kind, settings(kind, epochs, batch), 0,
+                               image_shape=shape)
+        with contextlib.redirect_stderr(io.StringIO()):  # its per-epoch progress lines
+            trainer.fit(x, y)
+    return run
+
+
+def bare_run(kind: str, x, y, shape, epochs: int, batch: int):
+    """The loop an expert writes by hand: same net, optimizer, schedule and batch size."""
+    import torch
+
+    from components.trainers.nets import build_net
+    from components.trainers.torch import fit_threads, pick_device
+
+    device, _ = pick_device()
+    config = {"task": "classification", "estimator": kind, "n_features": x.shape[1],
+              "n_outputs": 10, "hidden": settings(kind, epochs, batch)["hidden"],
+              "channels": [32, 64], "image_shape": list(shape) if shape else None,
+              "dropout": 0.0}
+
+    def run() -> None:
+        torch.set_num_threads(fit_threads())
+        torch.manual_seed(0)
+        net = build_net(config).to(device)
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        xt = torch.from_numpy(x).to(device)
+        yt = torch.from_numpy(y).to(device)
+        if shape:
+            xt = xt.view(len(xt), *shape)
+        net.train()
+        for _ in range(epochs):
+            for idx in torch.randperm(len(xt), device=device).split(batch):
+                loss = torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            sched.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return run
+
+
+def tutorial_run(kind: str, x, y, shape, rows: int):
+    """The tutorial loop: batch size 4, fp32, a default DataLoader, one pass over ``rows``."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from components.trainers.nets import build_net
+    from components.trainers.torch import fit_threads
+
+    config = {"task": "classification", "estimator": kind, "n_features": x.shape[1],
+              "n_outputs": 10, "hidden": settings(kind, 1, 4)["hidden"], "channels": [32, 64],
+              "image_shape": list(shape) if shape else None, "dropout": 0.0}
+    xs = torch.from_numpy(x[:rows])
+    if shape:
+        xs = xs.view(len(xs), *shape)
+    loader = DataLoader(TensorDataset(xs, torch.from_numpy(y[:rows])), batch_size=4,
+                        shuffle=True)
+
+    def run() -> None:
+        torch.set_num_threads(fit_threads())
+        torch.manual_seed(0)
+        net = build_net(config)
+        opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+        for xb, yb in loader:
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net(xb), yb)
+            loss.backward()
+            opt.step()
+    return run
+
+
+def throughput(kind: str, rows: int, epochs: int, batch: int, tutorial_rows: int,
+               repeat: int) -> dict[str, Any]:
+    x, y, shape = data(kind, rows)
+    results = {}
+    for name, fn, samples in (
+        ("slipway trainer", trainer_run(kind, x, y, shape, epochs, batch), rows * epochs),
+        ("bare PyTorch loop", bare_run(kind, x, y, shape, epochs, batch), rows * epochs),
+        ("tutorial loop (batch 4)", tutorial_run(kind, x, y, shape, tutorial_rows),
+         tutorial_rows),
+    ):
+        times = timed(fn, repeat)
+        results[name] = {"samples_per_s": samples / statistics.median(times),
+                         "seconds": times}
+        print(f"  {kind:4} {name:26} {results[name]['samples_per_s']:>10.0f} samples/s",
+              file=sys.stderr, flush=True)
+    return {"rows": rows, "epochs": epochs, "batch_size": batch, "runs": results}
+
+
+def resnet18(num_classes: int = 10):
+    """ResNet-18 for 32x32 inputs (3x3 stem, no max-pool), as in the CIFAR literature."""
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(cout))
+            self.skip = (nn.Sequential() if stride == 1 and cin == cout else nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+
+        def forward(self, x):
+            return nn.functional.relu(self.body(x) + self.skip(x))
+
+    layers, cin = [], 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
+        cin = cout
+    return nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
+                         nn.ReLU(inplace=True), *layers, nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(512, num_classes))
+
+
+def gpu_resnet(repeat: int, batch: int = 512, steps: int = 50) -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device on this machine"}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = torch.device("cuda")
+    name = torch.cuda.get_device_name(0)
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    x = torch.randn(batch, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
+    out: dict[str, Any] = {"gpu": name, "batch_size": batch, "peak_bf16_flops": peak}
+    for label, compile_it in (("eager", False), ("torch.compile", True)):
+        torch.manual_seed(0)
+        net = resnet18().to(device).to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+        model = torch.compile(net) if compile_it else net
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops_per_step = counter.get_total_flops()
+
+        def run():
+            for _ in range(steps):
+                step()
+            torch.cuda.synchronize()
+        times = timed(run, repeat)
+        images_s = batch * steps / statistics.median(times)
+        achieved = flops_per_step * steps / statistics.median(times)
+        out[label] = {"images_per_s": images_s, "tflops": achieved / 1e12,
+                      "share_of_peak": achieved / peak if peak else None}
+        print(f"  resnet18 {label:14} {images_s:>10.0f} images/s  {achieved / 1e12:6.1f} "
+              "TFLOP/s", file=sys.stderr, flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smaller data (a smoke run)")
+    parser.add_argument("--json", default="build/benchmarks/train.json")
+    args = parser.parse_args(argv)
+    scale = 4 if args.quick else 1
+    hw = hardware()
+    print(f"hardware: {hw}", file=sys.stderr)
+    print("measuring (median of each after a warm-up) ...", file=sys.stderr)
+    report = {
+        "hardware": hw,
+        "mlp": throughput("mlp", 32768 // scale, 3, 256, 4096 // scale, args.repeat),
+        "cnn": throughput("cnn", 4096 // scale, 1, 64, 1024 // scale, args.repeat),
+        "resnet18_gpu": gpu_resnet(args.repeat),
+    }
+    print(f"\n{'model':5} {'loop':26} {'samples/s':>11} {'vs bare':>8} {'vs tutorial':>12}")
+    for kind in ("mlp", "cnn"):
+        runs = report[kind]["runs"]
+        bare = runs["bare PyTorch loop"]["samples_per_s"]
+        tut = runs["tutorial loop (batch 4)"]["samples_per_s"]
+        for name, r in runs.items():
+            print(f"{kind:5} {name:26} {r['samples_per_s']:>11.0f} "
+                  f"{r['samples_per_s'] / bare:>8.2f} {r['samples_per_s'] / tut:>12.1f}")
+        report[kind]["trainer_vs_bare"] = runs["slipway trainer"]["samples_per_s"] / bare
+        report[kind]["trainer_vs_tutorial"] = runs["slipway trainer"]["samples_per_s"] / tut
+    gpu = report["resnet18_gpu"]
+    if "skipped" in gpu:
+        print(f"\nResNet-18 bf16 on GPU: skipped ({gpu['skipped']})")
+    else:
+        for label in ("eager", "torch.compile"):
+            r = gpu[label]
+            share = f"{r['share_of_peak']:.1%}" if r["share_of_peak"] else "n/a"
+            print(f"\nResNet-18 bf16 channels-last {label} on {gpu['gpu']}: "
+                  f"{r['images_per_s']:.0f} images/s, {r['tflops']:.1f} TFLOP/s, "
+                  f"{share} of peak")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+    print(f"\nwritten to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
