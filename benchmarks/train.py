@@ -219,7 +219,7 @@ def gpu_resnet(repeat: int, batch: int = 512, steps: int = 50) -> dict[str, Any]
         opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True)
         model = torch.compile(net) if compile_it else net
 
-        def step():
+        def step(model=model, opt=opt):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = torch.nn.functional.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
@@ -230,7 +230,7 @@ def gpu_resnet(repeat: int, batch: int = 512, steps: int = 50) -> dict[str, Any]
             step()
         flops_per_step = counter.get_total_flops()
 
-        def run():
+        def run(step=step):
             for _ in range(steps):
                 step()
             torch.cuda.synchronize()
