@@ -117,6 +117,7 @@ def train_op(
 
     with reporting_errors("train"):
         from components.config import section
+        from components.kfp_support import write_metrics_file
         from components.train import train as train_core
 
         record = train_core(train.path, val.path, model.path, section("train", rules))
@@ -127,6 +128,7 @@ def train_op(
         cv_metrics.log_metric(f"cv_{cv['metric']}_std", cv["std"])
         if "val_score" in record:
             cv_metrics.log_metric(f"val_{cv['metric']}", record["val_score"])
+        write_metrics_file(cv_metrics)
 
 
 @_component
@@ -146,6 +148,7 @@ def evaluate_op(
         import shutil
 
         from components.evaluate import evaluate, write_outputs
+        from components.kfp_support import write_metrics_file
 
         result = evaluate(model.path, test.path)
         paths = write_outputs(result, evaluation.path)
@@ -162,6 +165,7 @@ def evaluate_op(
                 roc = detail["roc"]
                 classification_metrics.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
         evaluation.metadata["task"] = result["task"]
+        write_metrics_file(metrics, classification_metrics)
 
 
 @_component
@@ -313,6 +317,7 @@ def retrain_op(
     with reporting_errors("retrain"):
         from components.config import section
         from components.io import read_json
+        from components.kfp_support import write_metrics_file
         from components.train import train as train_core
         from components.tune import trial_rules
 
@@ -325,3 +330,4 @@ def retrain_op(
         cv = record["cv"]
         cv_metrics.log_metric(f"cv_{cv['metric']}_mean", cv["mean"])
         cv_metrics.log_metric(f"cv_{cv['metric']}_std", cv["std"])
+        write_metrics_file(cv_metrics)

@@ -129,8 +129,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"Running pipeline {args.pipeline!r} locally (kfp.local SubprocessRunner): dataset "
           f"{params.dataset!r} ({spec.task}), {params.train.framework}/{params.train.estimator}")
     _print_local_notes(params, importlib.import_module(PIPELINES[args.pipeline]).TITLES)
-    result = local.run(pipeline, params, {"data_root": repo, "code_dir": repo})
+    result = local.run(pipeline, params, {"data_root": repo, "code_dir": repo},
+                       cache=args.cache)
     _print_summary(result, params)
+    if args.cache and result.ok:
+        print(f"  kfp.local cache: {len(result.summary['executed'])} task(s) executed, the "
+              "others reused from earlier runs")
     if not result.ok:
         return 1
     gate = result.summary.get("gate", {})
@@ -160,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a setting, e.g. train.estimator=svm (repeatable)")
     p_run = sub.add_parser("run", parents=[common], help="run a pipeline locally with kfp.local")
     p_run.add_argument("pipeline", nargs="?", default="training", help="pipeline name")
+    p_run.add_argument("--cache", action="store_true",
+                       help="reuse outputs of unchanged tasks from earlier local runs (kfp.local "
+                            "cache; it does not see changes to stage code or data file bytes)")
     p_run.set_defaults(func=cmd_run)
     p_compile = sub.add_parser("compile", parents=[common], help="compile pipelines to IR YAML")
     p_compile.add_argument("pipelines", nargs="*", help="names (default: all)")

@@ -98,20 +98,32 @@ def _artifact_meta(task_dir: Path, name: str) -> dict[str, Any]:
     return arts[0].get("metadata", {}) if arts else {}
 
 
+def _task_dir(run_dir: Path, task: str) -> Path:
+    """Where a task's outputs are: this run's, or, for a task the kfp.local cache reused,
+    those of the newest earlier run of the same pipeline that executed it."""
+    if (run_dir / task).is_dir():
+        return run_dir / task
+    pipeline = run_dir.name.rsplit("-", 7)[0]  # <name>-YYYY-mm-dd-HH-MM-SS-micro
+    earlier = sorted((p for p in run_dir.parent.glob(f"{pipeline}-*")
+                      if (p / task / "executor_output.json").is_file()),
+                     key=lambda p: p.stat().st_mtime)
+    return earlier[-1] / task if earlier else run_dir / task
+
+
 def read_summary(run_dir: Path) -> dict[str, Any]:
     """Dataset, model, metrics, gate decision and model version of a training run."""
     out: dict[str, Any] = {}
-    table = _artifact_meta(run_dir / "ingest-op", "table")
+    table = _artifact_meta(_task_dir(run_dir, "ingest-op"), "table")
     if table:
         out["dataset"] = {k: table.get(k) for k in ("name", "source", "md5", "rows")}
-    model = (_artifact_meta(run_dir / "train-op", "model")
-             or _artifact_meta(run_dir / "retrain-op", "model"))
+    model = (_artifact_meta(_task_dir(run_dir, "train-op"), "model")
+             or _artifact_meta(_task_dir(run_dir, "retrain-op"), "model"))
     if model:
         out["model"] = model
-    best = _artifact_meta(run_dir / "select-op", "best")
+    best = _artifact_meta(_task_dir(run_dir, "select-op"), "best")
     if best:
         out["best_trial"] = best
-    evaluation = run_dir / "evaluate-op" / "evaluation"
+    evaluation = _task_dir(run_dir, "evaluate-op") / "evaluation"
     if (evaluation / "metrics.json").is_file():
         out["metrics"] = json.loads((evaluation / "metrics.json").read_text())
         out["report"] = str(evaluation / "report.html")
@@ -125,7 +137,7 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
-        terminal: TextIO = sys.stdout) -> RunResult:
+        terminal: TextIO = sys.stdout, cache: bool = False) -> RunResult:
     """Run a built pipeline with kfp.local's SubprocessRunner.
 
     Args:
@@ -133,13 +145,16 @@ def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
         params: the settings (for the pipeline root).
         arguments: pipeline arguments that differ from the defaults.
         terminal: where progress goes.
+        cache: reuse the outputs of tasks whose inputs match an earlier local run. Off by
+            default: kfp.local's cache key covers a task's parameters and input artifacts,
+            not the code of the stage cores nor the bytes of a data file behind a path.
     """
     from kfp import local
 
     root = Path(params.kfp.pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
-               raise_on_error=True)
+               raise_on_error=True, enable_caching=cache)
     before = {p.name for p in root.iterdir()}
     log_path = root / f"{pipeline_func.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     started = time.perf_counter()
@@ -163,5 +178,6 @@ def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
     new = sorted((p for p in root.iterdir() if p.is_dir() and p.name not in before),
                  key=lambda p: p.stat().st_mtime)
     run_dir = new[-1] if new else root
-    return RunResult(pipeline_func.name, run_dir, log_path, seconds, ok, tee.failed,
-                     read_summary(run_dir))
+    summary = read_summary(run_dir)
+    summary["executed"] = sorted(tee.started)
+    return RunResult(pipeline_func.name, run_dir, log_path, seconds, ok, tee.failed, summary)
