@@ -225,7 +225,7 @@ def ingest(
     if spec.task == "classification":
         df[spec.target] = df[spec.target].astype("str").where(df[spec.target].notna())
     meta = {
-        "image_shape": _image_shape(spec),
+        "image_shape": image_shape(spec),
         "name": name,
         "source": source,
         "md5": md5,
@@ -239,7 +239,7 @@ def ingest(
     return meta
 
 
-def _image_shape(spec: SklearnDataset | FileDataset | Cifar10Dataset) -> list[int] | None:
+def image_shape(spec: SklearnDataset | FileDataset | Cifar10Dataset) -> list[int] | None:
     """(channels, height, width) when the feature columns are an image's pixels."""
     if isinstance(spec, SklearnDataset) and spec.name == "digits":
         return [1, 8, 8]

@@ -42,8 +42,30 @@ def compile_all(params: Params, out_dir: str | Path, names: list[str] | None = N
     return written
 
 
-def _preflight(params: Params) -> None:
-    """Fail before starting any task when the data file is not there."""
+def _check_trials(params: Params) -> None:
+    """Every trial of the search space names a model and settings its backend knows."""
+    from components.ingest import image_shape
+    from components.trainers import get_trainer
+    from components.tune import generate_trials
+
+    spec = params.dataset_spec
+    for trial in generate_trials(params.tune, params.train):
+        try:
+            get_trainer(trial["framework"], spec.task, trial["estimator"],
+                        trial["hyperparameters"], params.train.seed,
+                        image_shape=image_shape(spec))
+        except SlipwayError as err:
+            raise SlipwayError(
+                f"tune.search_space: {trial['framework']}/{trial['estimator']}: {err.message}",
+                f"correct that candidate in tune.search_space in params.yaml ({err.fix})",
+            ) from None
+
+
+def _preflight(params: Params, pipeline: str) -> None:
+    """Fail before starting any task when the data file is not there, or (tuning) a trial
+    names a model or setting its backend does not have."""
+    if pipeline == "tuning":
+        _check_trials(params)
     path = getattr(params.dataset_spec, "path", None)
     if path and not Path(path).exists():
         hint = (f"run `dvc pull {path}.dvc` to fetch it from the DVC remote"
@@ -123,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     params = load_params(args.params, args.set)
     pipeline = build_pipeline(args.pipeline, params)
-    _preflight(params)
+    _preflight(params, args.pipeline)
     repo = str(Path.cwd())
     spec = params.dataset_spec
     print(f"Running pipeline {args.pipeline!r} locally (kfp.local SubprocessRunner): dataset "

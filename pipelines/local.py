@@ -12,6 +12,7 @@ import io
 import json
 import re
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -23,26 +24,49 @@ from components.config import Params
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
-_NOISE = re.compile(r'^\s*(["{}\[\]]|\[KFP Executor|$)')
+# Lines of kfp.local's own that the terminal does not need (all of them go to the log):
+# its timestamped INFO lines, the executor input JSON each task logs, the dump of a
+# finished task's outputs, separators. Matched line by line, with no state, because the
+# tasks of a ParallelFor run in threads and their lines interleave.
+_NOISE = re.compile(
+    r"""^\s*(
+        $
+      | \d\d:\d\d:\d\d\.\d+\ -\ [A-Z]+\ -          # kfp.local's logger
+      | \[KFP\ Executor                              # the executor's logger
+      | -{20,}$                                      # separators
+      | [{}\[\]],?$                                  # JSON structure
+      | "[^"]*"(:\ .*|,)?$                           # JSON keys and strings
+      | (-?[\d.]+([eE][-+]?\d+)?|true|false|null),?$ # JSON scalars
+      | \w+:\ \w+\(\ name=                           # outputs dump: "model: Model( name=..."
+      | uri='                                        #   ... its uri
+      | metadata=\{                                  #   ... its metadata
+      | Output:\                                     #   ... a parameter output
+    )""",
+    re.VERBOSE,
+)
 
 
 class _ConsoleFilter(io.TextIOBase):
-    """Tee for kfp.local's stdout: everything to the log, the essentials to the terminal."""
+    """Tee for kfp.local's stdout: everything to the log, the essentials to the terminal.
+
+    kfp.local prints from several threads when a ParallelFor runs its iterations at once,
+    so writes are serialised and every line is judged on its own.
+    """
 
     def __init__(self, terminal: TextIO, log: TextIO) -> None:
         self.terminal, self.log = terminal, log
         self.buffer = ""
         self.started: dict[str, float] = {}
         self.failed: list[str] = []
-        self.in_outputs = False  # kfp's dump of a finished task's outputs
-        self.in_input = False  # the executor input JSON a task logs first
+        self.lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        self.log.write(text)
-        self.buffer += text
-        while "\n" in self.buffer:
-            line, self.buffer = self.buffer.split("\n", 1)
-            self._line(_ANSI.sub("", line))
+        with self.lock:
+            self.log.write(text)
+            self.buffer += text
+            while "\n" in self.buffer:
+                line, self.buffer = self.buffer.split("\n", 1)
+                self._line(_ANSI.sub("", line))
         return len(text)
 
     def flush(self) -> None:
@@ -50,15 +74,6 @@ class _ConsoleFilter(io.TextIOBase):
         self.terminal.flush()
 
     def _line(self, line: str) -> None:
-        if self.in_outputs:
-            self.in_outputs = not line.startswith("-----")
-            return
-        if self.in_input:
-            self.in_input = line.rstrip() != "    }"  # the JSON's closing brace
-            return
-        if "Got executor_input:" in line:
-            self.in_input = True
-            return
         if m := _START.search(line):
             self.started[m.group(1)] = time.perf_counter()
             self.terminal.write(f"  ▸ {m.group(1)}\n")
@@ -69,8 +84,7 @@ class _ConsoleFilter(io.TextIOBase):
             if state != "SUCCESS":
                 self.failed.append(name)
             self.terminal.write(f"  {mark} {name} {state.lower()} ({took:.1f} s)\n")
-            self.in_outputs = state == "SUCCESS"
-        elif line.startswith("    ") and not _NOISE.match(line):
+        elif not _NOISE.match(line):
             self.terminal.write(f"    {line.strip()}\n")  # a stage's own output
         self.terminal.flush()
 
