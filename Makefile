@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -c requirements.lock -e '.[dev]' > $(VENV)/install.log 2>&1 \
 		|| { tail -30 $(VENV)/install.log; echo "pip install failed: full log in $(VENV)/install.log"; exit 1; }
-	@$(PY) -m pip check
+	@$(PY) -m pip check > /dev/null || $(PY) -m pip check
 	@touch $@
 
 setup: $(STAMP) ## create the environment, set the DVC remote and fetch the data (idempotent)
@@ -84,3 +84,23 @@ lock: ## re-pin requirements.lock from pyproject.toml (in a scratch venv)
 
 clean: ## remove build outputs (not the venv, not DVC data)
 	rm -rf build .pytest_cache
+
+# ---- serving: the BentoML inference service (serving/) ----
+# MODEL pins a model version: a bare version, name:version or a name (its latest); empty
+# serves the newest Slipway model in the BentoML store.
+MODEL ?=
+SERVE_HOST ?= 127.0.0.1
+SERVE_PORT ?= 3000
+
+.PHONY: serve bench-serve build-bento
+
+serve: setup ## serve a model with BentoML on 127.0.0.1:3000 (newest; MODEL=<version> pins one)
+	@SLIPWAY_MODEL="$(MODEL)" $(VENV)/bin/bentoml serve serving.service:Slipway \
+		--host $(SERVE_HOST) --port $(SERVE_PORT)
+
+bench-serve: setup ## benchmark: the service vs in-process, bare Starlette and stock BentoML
+	@$(PY) -m benchmarks.serve $(if $(MODEL),--model $(MODEL))
+
+build-bento: setup ## build a Bento of the service offline, its model packed in (MODEL= pins one)
+	@tag=$$($(PY) -m serving.model "$(MODEL)") && echo "==> building a Bento serving $$tag" \
+		&& SLIPWAY_MODEL=$$tag $(VENV)/bin/bentoml build -f serving/bentofile.yaml .
