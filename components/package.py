@@ -116,8 +116,17 @@ def package(
     return lineage
 
 
-def verify(version_dir: str | Path) -> dict[str, Any]:
+def verify(version_dir: str | Path, allow: tuple[str, ...] = ()) -> dict[str, Any]:
     """Check every file of a model version against the hashes in its lineage.
+
+    Every recorded file must be there with its recorded sha256, no unrecorded file may be
+    there (but those named in ``allow``), and the version id must be the one the recorded
+    hashes give, so editing lineage.json to match a changed file is caught too.
+
+    Args:
+        version_dir: the model version directory.
+        allow: names of extra files to tolerate, e.g. BentoML's ``model.yaml`` in a store
+            entry.
 
     Returns:
         The lineage record.
@@ -132,27 +141,34 @@ def verify(version_dir: str | Path) -> dict[str, Any]:
                            "package the model again")
     try:
         lineage = json.loads(lineage_path.read_text())
-        expected: dict[str, str] = lineage["files"]
-    except (ValueError, KeyError) as err:
+        expected: dict[str, str] = dict(lineage["files"])
+        version = lineage["version"]
+    except (ValueError, KeyError, TypeError) as err:
         raise SlipwayError(f"{lineage_path} is unreadable: {err}", "package the model again") \
             from None
+    if version_id(expected) != version:
+        raise SlipwayError(
+            f"{version_dir}: lineage.json records version {version} but its file hashes give "
+            f"{version_id(expected)} (lineage.json was edited)",
+            "restore the model version (dvc pull / dvc checkout) or package it again",
+        )
     extra = sorted(p.name for p in version_dir.iterdir()
-                   if p.name not in expected and p.name != LINEAGE_FILE)
+                   if p.name not in expected and p.name != LINEAGE_FILE and p.name not in allow)
     if extra:
         raise SlipwayError(
-            f"model version {lineage.get('version')}: unexpected file(s) {', '.join(extra)} "
+            f"model version {version}: unexpected file(s) {', '.join(extra)} "
             "not recorded at packaging",
             "remove them, or restore the version (dvc pull / dvc checkout)",
         )
-    for name, digest in expected.items():
+    for name, digest in sorted(expected.items()):
         path = version_dir / name
         if not path.is_file():
-            raise SlipwayError(f"model version {lineage.get('version')}: file {name} is missing",
+            raise SlipwayError(f"model version {version}: file {name} is missing",
                                "restore the version (dvc pull / dvc checkout)")
         if file_hash(path, "sha256") != digest:
             raise SlipwayError(
-                f"model version {lineage.get('version')}: {name} does not match its recorded "
-                "sha256 (changed, truncated or tampered with)",
+                f"model version {version}: {name} does not match its recorded sha256 "
+                "(changed, truncated or tampered with)",
                 "restore the version (dvc pull / dvc checkout) or package it again",
             )
     return lineage

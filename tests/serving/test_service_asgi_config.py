@@ -1,0 +1,90 @@
+"""The service in-process (``to_asgi()``) under other settings: auth, damaged models.
+
+Each test starts its own service instance (BentoML keeps one current instance per process).
+
+Predictions are compared with the model called in-process; every kind of bad input is
+checked for a 4xx that names the field; auth, probes, not-ready states and metrics too.
+The same behaviour against a real ``bentoml serve`` process is in test_server.py.
+"""
+
+from __future__ import annotations
+
+from tests.serving.asgi_helpers import post_json
+from tests.serving.conftest import serving_client
+
+TOKEN = "test-token-0123456789"
+
+
+def test_auth_on_protects_everything_but_probes_and_metrics(bc_model, tmp_path, monkeypatch):
+    with serving_client({"SLIPWAY_MODEL": bc_model.tag, "SLIPWAY_API_TOKEN": TOKEN}) as client:
+        body = {"instances": bc_model.instances(2)}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
+                        {"Authorization": f"Basic {TOKEN}"}):
+            answer = post_json(client, body, **headers)
+            assert answer.status_code == 401, headers
+            assert answer.headers["www-authenticate"].startswith("Bearer")
+            assert answer.json()["reason"] == "unauthorized"
+            assert client.get("/metadata", headers=headers).status_code == 401
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        assert post_json(client, body, **good).status_code == 200
+        assert client.get("/metadata", headers=good).status_code == 200
+        for probe in ("/livez", "/readyz", "/healthz"):
+            assert client.get(probe).status_code == 200
+        # BentoML's /metrics reads the multiprocess directory that `bentoml serve` sets up.
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+        assert client.get("/metrics").status_code == 200
+        assert client.get("/docs.json").status_code == 401  # everything else is protected
+
+
+def test_auth_from_a_mounted_secret_file(bc_model, tmp_path):
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN + "\n")
+    with serving_client({"SLIPWAY_MODEL": bc_model.tag,
+                         "SLIPWAY_API_TOKEN_FILE": str(secret)}) as client:
+        assert client.get("/metadata").status_code == 401
+        ok = client.get("/metadata", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 200
+
+
+def test_unreadable_token_file_keeps_the_service_not_ready(bc_model, tmp_path):
+    with serving_client({"SLIPWAY_MODEL": bc_model.tag,
+                         "SLIPWAY_API_TOKEN_FILE": str(tmp_path / "absent")}) as client:
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/metadata", headers={"Authorization": "Bearer x"}).status_code == 401
+
+
+def test_tampered_model_stays_not_ready_and_serves_nothing(bc_model, caplog):
+    import bentoml
+
+    from components.package import register
+    from serving.model import resolve
+
+    tag = register(bc_model.package_dir, "t-tampered")
+    try:
+        model_file = resolve(tag).path_of("model.skops")
+        with open(model_file, "ab") as f:
+            f.write(b"\0")  # one byte more than was packaged
+        with serving_client({"SLIPWAY_MODEL": tag}) as client:
+            assert client.get("/livez").status_code == 200
+            assert client.get("/readyz").status_code == 503
+            answer = post_json(client, {"instances": bc_model.instances(1)})
+            assert answer.status_code == 503
+            assert answer.json()["reason"] == "not_ready"
+            assert "model.skops does not match its recorded sha256" in answer.json()["error"]
+            assert client.get("/metadata").status_code == 503
+            assert client.runtime.model is None  # nothing was loaded from it
+    finally:
+        # Same files, so same version as bc_model: gone, it cannot make that version ambiguous.
+        bentoml.models.delete(tag)
+    assert "not ready, serving nothing" in caplog.text
+    assert "model.skops does not match its recorded sha256" in caplog.text
+
+
+def test_unknown_model_and_bad_settings_are_not_ready(bc_model):
+    with serving_client({"SLIPWAY_MODEL": "no-such-model:123"}) as client:
+        assert client.get("/readyz").status_code == 503
+        assert "not in the BentoML model store" in client.runtime.error
+    with serving_client({"SLIPWAY_MODEL": bc_model.tag, "SLIPWAY_MAX_CONCURRENCY": "-1"}) as client:
+        assert client.get("/readyz").status_code == 503
+        answer = post_json(client, {"instances": bc_model.instances(1)})
+        assert answer.status_code == 503 and "SLIPWAY_MAX_CONCURRENCY" in answer.json()["error"]
