@@ -32,12 +32,12 @@ from components.errors import SlipwayError
 from components.io import write_json
 from components.trainers.base import META_FILE, Trainer
 from components.trainers.loop import (
+    NetTrainer,
     check_image_shape,
     epoch_line,
     fingerprint,
     metric_name,
     n_outputs,
-    net_settings,
     say,
     target_scale,
 )
@@ -74,7 +74,7 @@ def pick_device() -> str:
     return f"cuda:0 ({details.get('device_name', 'GPU')})"
 
 
-class KerasTrainer(Trainer):
+class KerasTrainer(NetTrainer):
     """``mlp`` and ``cnn`` in Keras; hyperparameters: see :mod:`components.trainers.loop`.
 
     ``num_workers`` is accepted (the settings are shared with torch) but unused: arrays in
@@ -88,9 +88,6 @@ class KerasTrainer(Trainer):
         **options: Any,
     ) -> None:
         super().__init__(task, estimator, hyperparameters, seed, **options)
-        self.settings = net_settings(self.framework, estimator, hyperparameters)
-        self.hyperparameters = self.settings.as_dict()  # as used, recorded in trainer.json
-        self.image_shape = check_image_shape(estimator, self.image_shape)
         self.model = None  # the saved model: probabilities, or values in the target's units
 
     # ---------------------------------------------------------------------- the network

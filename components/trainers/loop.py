@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from components.errors import SlipwayError, did_you_mean
+from components.trainers.base import Trainer
 
 ESTIMATORS = ("mlp", "cnn")
 OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
@@ -271,3 +272,17 @@ def epoch_line(epoch: int, epochs: int, logs: dict[str, float], lr: float) -> st
 def say(line: str) -> None:
     """A progress line on stderr (stdout stays for the stages' results)."""
     print(line, file=sys.stderr, flush=True)
+
+
+class NetTrainer(Trainer):
+    """What the epoch-based backends (torch, keras) share at construction: validated
+    ``mlp`` / ``cnn`` settings, recorded as used, and a checked image shape."""
+
+    def __init__(
+        self, task: str, estimator: str, hyperparameters: dict[str, Any], seed: int,
+        **options: Any,
+    ) -> None:
+        super().__init__(task, estimator, hyperparameters, seed, **options)
+        self.settings = net_settings(self.framework, estimator, hyperparameters)
+        self.hyperparameters = self.settings.as_dict()  # as used, recorded in trainer.json
+        self.image_shape = check_image_shape(estimator, self.image_shape)

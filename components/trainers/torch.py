@@ -34,12 +34,12 @@ from components.errors import SlipwayError
 from components.io import atomic_path, write_json
 from components.trainers.base import META_FILE, Trainer
 from components.trainers.loop import (
+    NetTrainer,
     check_image_shape,
     epoch_line,
     fingerprint,
     metric_name,
     n_outputs,
-    net_settings,
     say,
     target_scale,
 )
@@ -150,7 +150,7 @@ class _Progress:
     history: dict[str, list[float]] = field(default_factory=dict)
 
 
-class TorchTrainer(Trainer):
+class TorchTrainer(NetTrainer):
     """``mlp`` and ``cnn`` in PyTorch; hyperparameters: see :mod:`components.trainers.loop`."""
 
     framework = "torch"
@@ -160,9 +160,6 @@ class TorchTrainer(Trainer):
         **options: Any,
     ) -> None:
         super().__init__(task, estimator, hyperparameters, seed, **options)
-        self.settings = net_settings(self.framework, estimator, hyperparameters)
-        self.hyperparameters = self.settings.as_dict()  # as used, recorded in trainer.json
-        self.image_shape = check_image_shape(estimator, self.image_shape)
         self.config: dict[str, Any] | None = None  # architecture, known once fit sees data
         self.model: torch.nn.Module | None = None
         self._device = torch.device("cpu")  # where self.model sits

@@ -100,3 +100,41 @@ def built_classification(tmp_path_factory) -> Built:
 def built_regression(tmp_path_factory) -> Built:
     """A ridge regression trained and evaluated on a tiny table (read only)."""
     return _build(tmp_path_factory.mktemp("built-reg"), regression_table(40), "linear")
+
+
+# ---- small real arrays for the deep-learning backends (torch, keras) --------------------
+
+def _split_arrays(x, y, seed=0, val=0.15, test=0.2):
+    """(train, val, test) pairs of (x, y), drawn with a seeded permutation."""
+    idx = np.random.default_rng(seed).permutation(len(y))
+    n_test, n_val = int(len(y) * test), int(len(y) * val)
+    te, va, tr = idx[:n_test], idx[n_test:n_test + n_val], idx[n_test + n_val:]
+    return (x[tr], y[tr]), (x[va], y[va]), (x[te], y[te])
+
+
+def _standardise(x):
+    return ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def iris():
+    from sklearn.datasets import load_iris
+
+    data = load_iris()
+    return _split_arrays(_standardise(data.data), data.target)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return _split_arrays((data.data / 16).astype(np.float32), data.target)
+
+
+@pytest.fixture(scope="session")
+def diabetes():
+    from sklearn.datasets import load_diabetes
+
+    data = load_diabetes()
+    return _split_arrays(_standardise(data.data), data.target)

@@ -17,7 +17,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sklearn.datasets import load_diabetes, load_digits, load_iris  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.metrics import log_loss, r2_score  # noqa: E402
 
 from components.errors import SlipwayError  # noqa: E402
@@ -41,35 +41,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _split(x, y, seed=0, val=0.15, test=0.2):
-    idx = np.random.default_rng(seed).permutation(len(y))
-    n_test, n_val = int(len(y) * test), int(len(y) * val)
-    te, va, tr = idx[:n_test], idx[n_test:n_test + n_val], idx[n_test + n_val:]
-    return (x[tr], y[tr]), (x[va], y[va]), (x[te], y[te])
-
-
-def _standardise(x):
-    return ((x - x.mean(0)) / x.std(0)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def iris():
-    data = load_iris()
-    return _split(_standardise(data.data), data.target)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    data = load_digits()
-    return _split((data.data / 16).astype(np.float32), data.target)
-
-
-@pytest.fixture(scope="module")
-def diabetes():
-    data = load_diabetes()
-    return _split(_standardise(data.data), data.target)
 
 
 @pytest.fixture(scope="module")
