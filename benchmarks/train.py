@@ -12,7 +12,8 @@ Side by side in one run, on synthetic data (so nothing is downloaded):
    GPU's peak dense bf16 FLOP/s it reaches (FLOPs counted by
    ``torch.utils.flop_counter``). Skipped, and said so, without a GPU.
 
-Each figure is the median of ``--repeat`` timed runs after a warm-up. Writes
+Each figure is the median of ``--repeat`` timed runs after a warm-up, the loops taking
+turns. Writes
 ``build/benchmarks/train.json``.
 
     python -m benchmarks.train [--repeat 3] [--quick]
@@ -158,17 +159,27 @@ def tutorial_run(kind: str, x, y, shape, rows: int):
 
 def throughput(kind: str, rows: int, epochs: int, batch: int, tutorial_rows: int,
                repeat: int) -> dict[str, Any]:
+    """samples/s of the three loops, interleaved (trainer, bare, tutorial, trainer, ...) so
+    that drift in the machine's speed during the run falls on all of them alike."""
     x, y, shape = data(kind, rows)
+    loops = {
+        "slipway trainer": (trainer_run(kind, x, y, shape, epochs, batch), rows * epochs),
+        "bare PyTorch loop": (bare_run(kind, x, y, shape, epochs, batch), rows * epochs),
+        "tutorial loop (batch 4)": (tutorial_run(kind, x, y, shape, tutorial_rows),
+                                    tutorial_rows),
+    }
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    for fn, _ in loops.values():
+        fn()  # warm-up: allocator, kernels, lazy imports
+    for _ in range(repeat):
+        for name, (fn, _) in loops.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
     results = {}
-    for name, fn, samples in (
-        ("slipway trainer", trainer_run(kind, x, y, shape, epochs, batch), rows * epochs),
-        ("bare PyTorch loop", bare_run(kind, x, y, shape, epochs, batch), rows * epochs),
-        ("tutorial loop (batch 4)", tutorial_run(kind, x, y, shape, tutorial_rows),
-         tutorial_rows),
-    ):
-        times = timed(fn, repeat)
-        results[name] = {"samples_per_s": samples / statistics.median(times),
-                         "seconds": times}
+    for name, (_, samples) in loops.items():
+        results[name] = {"samples_per_s": samples / statistics.median(times[name]),
+                         "seconds": times[name]}
         print(f"  {kind:4} {name:26} {results[name]['samples_per_s']:>10.0f} samples/s",
               file=sys.stderr, flush=True)
     return {"rows": rows, "epochs": epochs, "batch_size": batch, "runs": results}
@@ -256,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     print("measuring (median of each after a warm-up) ...", file=sys.stderr)
     report = {
         "hardware": hw,
-        "mlp": throughput("mlp", 32768 // scale, 3, 256, 4096 // scale, args.repeat),
-        "cnn": throughput("cnn", 4096 // scale, 1, 64, 1024 // scale, args.repeat),
+        "mlp": throughput("mlp", 32768 // scale, 6, 256, 4096 // scale, args.repeat),
+        "cnn": throughput("cnn", 4096 // scale, 2, 64, 1024 // scale, args.repeat),
         "resnet18_gpu": gpu_resnet(args.repeat),
     }
     print(f"\n{'model':5} {'loop':26} {'samples/s':>11} {'vs bare':>8} {'vs tutorial':>12}")
