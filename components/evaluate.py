@@ -5,7 +5,7 @@ matrix and (binary tasks) the ROC curve. Regression: MAE, RMSE and R². Plots ar
 embedded in the HTML as data URIs, so the report renders offline; a Markdown summary goes
 with it.
 
-    python -m components.evaluate --model models/work/model \\
+    python -m components.evaluate --model models/model \\
         --test data/processed/test.parquet --out reports
 """
 

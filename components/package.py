@@ -6,8 +6,8 @@ dataset hash, params, git commit, time, library versions and the sha256 of every
 file. The version id is derived from those file hashes, so packaging the same model twice
 gives the same version (and registers it once).
 
-    python -m components.package --transformer models/work/transformer \\
-        --model models/work/model --evaluation reports/evaluation.json --out models/package
+    python -m components.package --transformer models/transformer \\
+        --model models/model --evaluation reports/evaluation.json --out models/package
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ schema: each raw feature's type, its allowed range or categories, and training s
 (bin edges and shares) that serving compares live inputs against for drift.
 
     python -m components.preprocess --train ... --val ... --test ... \\
-        --transformer models/work/transformer --out-train ... --out-val ... --out-test ...
+        --transformer models/transformer --out-train ... --out-val ... --out-test ...
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ validation split. The model directory holds the trainer's own files plus ``train
 (class names, feature names, scores, fit time).
 
     python -m components.train --train data/processed/train.parquet \\
-        --val data/processed/val.parquet --model models/work/model --metrics reports/train.json
+        --val data/processed/val.parquet --model models/model --metrics reports/train.json
 """
 
 from __future__ import annotations
