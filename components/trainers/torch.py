@@ -184,7 +184,7 @@ class TorchTrainer(NetTrainer):
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         """Float32 feature rows as a tensor; image batches as (N, C, H, W)."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = _writable(np.ascontiguousarray(x, dtype=np.float32))
         n_features = self.config["n_features"]
         if x.ndim != 2 or x.shape[1] != n_features:
             raise SlipwayError(
@@ -299,10 +299,10 @@ class TorchTrainer(NetTrainer):
             # bf16 needs no loss scaling; cards without it (T4, V100) get fp16 with scaling.
             scaler = torch.amp.GradScaler("cuda", enabled=self._amp_dtype == torch.float16)
             generator = torch.Generator().manual_seed(self.seed)
-            loader = self._loader(self._tensor(x), torch.from_numpy(y), generator)
+            loader = self._loader(self._tensor(x), torch.from_numpy(_writable(y)), generator)
             val = None
             if x_val is not None:
-                xv, yv = self._tensor(x_val), torch.from_numpy(y_val)
+                xv, yv = self._tensor(x_val), torch.from_numpy(_writable(y_val))
                 val = (xv.pin_memory(), yv.pin_memory()) if self._device.type == "cuda" \
                     else (xv, yv)
 
@@ -504,6 +504,12 @@ class TorchTrainer(NetTrainer):
 
 
 # --------------------------------------------------------------------------- checkpoints
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """The array, or a copy of it when read-only (Arrow-backed columns are): torch shares
+    the memory of what it wraps and warns when it could not write to it."""
+    return a if a.flags.writeable else a.copy()
+
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous CPU copies (safetensors wants contiguous tensors; channels-last is not)."""
