@@ -64,7 +64,7 @@ pull: setup ## pull DVC-tracked data and models from the DVC remote
 test: setup ## run the whole test suite (unit, integration, slow; GPU/container tests skip without one)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: setup ## run the quick unit tests only
+test-fast: setup ## run the tests not marked slow (no pipeline runs, DVC or server)
 	@$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup ## ruff
