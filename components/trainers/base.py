@@ -9,14 +9,36 @@ code on load, with ``trainer.json`` describing it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from components.errors import SlipwayError
+from components.errors import SlipwayError, did_you_mean
 
 META_FILE = "trainer.json"
+
+
+def reject_unknown_hyperparameters(
+    model: str, estimator: str, given: Iterable[str], allowed: Iterable[str]
+) -> None:
+    """Refuse hyperparameters the model does not have, with a did-you-mean.
+
+    Args:
+        model: how to name the model in the message (e.g. ``RandomForestClassifier``).
+        estimator: its name in params.yaml (``train.hyperparameters.<estimator>``).
+        given: the hyperparameter names asked for.
+        allowed: the names the model takes.
+    """
+    allowed = list(allowed)
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise SlipwayError(
+            f"{model} has no hyperparameter(s) {', '.join(unknown)}",
+            f"correct train.hyperparameters.{estimator} in params.yaml: "
+            + did_you_mean(unknown[0], allowed),
+        )
 
 
 class Trainer(ABC):

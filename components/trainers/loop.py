@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from components.errors import SlipwayError, did_you_mean
-from components.trainers.base import Trainer
+from components.trainers.base import Trainer, reject_unknown_hyperparameters
 
 ESTIMATORS = ("mlp", "cnn")
 OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
@@ -121,13 +121,8 @@ def net_settings(framework: str, estimator: str, hyperparameters: dict[str, Any]
             "set train.estimator in params.yaml: " + did_you_mean(estimator, ESTIMATORS),
         )
     allowed = DEFAULTS[estimator]
-    unknown = sorted(set(hyperparameters) - set(allowed))
-    if unknown:
-        raise SlipwayError(
-            f"{framework} {estimator} has no hyperparameter(s) {', '.join(unknown)}",
-            f"correct train.hyperparameters.{estimator} in params.yaml: "
-            + did_you_mean(unknown[0], allowed),
-        )
+    reject_unknown_hyperparameters(f"{framework} {estimator}", estimator, hyperparameters,
+                                   allowed)
     hp = {**allowed, **hyperparameters}
     workers = hp["num_workers"]
     scale_target = hp["scale_target"]

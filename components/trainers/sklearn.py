@@ -10,7 +10,7 @@ import numpy as np
 from components import safe_load
 from components.errors import SlipwayError, did_you_mean
 from components.io import write_json
-from components.trainers.base import META_FILE, Trainer
+from components.trainers.base import META_FILE, Trainer, reject_unknown_hyperparameters
 
 MODEL_FILE = "model.skops"
 
@@ -84,13 +84,7 @@ class SklearnTrainer(Trainer):
         cls = estimator_class(estimator, task)
         kwargs = dict(hyperparameters)
         valid = cls().get_params()
-        unknown = sorted(set(kwargs) - set(valid))
-        if unknown:
-            raise SlipwayError(
-                f"{cls.__name__} has no hyperparameter(s) {', '.join(unknown)}",
-                f"correct train.hyperparameters.{estimator} in params.yaml: "
-                + did_you_mean(unknown[0], valid),
-            )
+        reject_unknown_hyperparameters(cls.__name__, estimator, kwargs, valid)
         kwargs = {k: _restore_int(cls, k, v, valid[k]) for k, v in kwargs.items()}
         self.hyperparameters = dict(kwargs)  # as used, recorded in trainer.json
         if "random_state" in valid:
