@@ -33,6 +33,7 @@ from components.io import write_json
 from components.trainers.base import META_FILE, Trainer
 from components.trainers.loop import (
     NetTrainer,
+    announce,
     check_image_shape,
     epoch_line,
     fingerprint,
@@ -46,7 +47,6 @@ MODEL_FILE = "model.keras"
 BACKUP_DIR = "backup"  # BackupAndRestore's folder inside checkpoint_dir
 PROGRESS_FILE = "progress.npz"  # history, callback counters and best weights per epoch
 EVAL_BATCH = 1024
-_announced: set[str] = set()
 
 
 def _keras():
@@ -63,22 +63,51 @@ def _keras():
     return keras
 
 
-def pick_device() -> str:
-    """``cuda:0 (<card>)`` when TensorFlow sees a GPU (it then places ops there), else cpu."""
+def pick_device() -> tuple[str, tuple[int, int] | None]:
+    """``("cuda:0 (<card>)", compute capability)`` when TensorFlow sees a GPU (it then places
+    ops there), else ``("cpu", None)``."""
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
-        return "cpu"
+        return "cpu", None
     details = tf.config.experimental.get_device_details(gpus[0])
-    return f"cuda:0 ({details.get('device_name', 'GPU')})"
+    return (f"cuda:0 ({details.get('device_name', 'GPU')})",
+            tuple(details.get("compute_capability") or (0, 0)))
+
+
+def dtype_policy(precision: str, capability: tuple[int, int] | None) -> tuple[str, list[str]]:
+    """The Keras dtype policy of the hidden layers for a ``precision`` setting, and warnings
+    for what cannot be done as asked.
+
+    Args:
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        capability: the GPU's CUDA compute capability, or None on CPU. bf16 is native from
+            8.0 (Ampere) on.
+    """
+    native_bf16 = capability is not None and capability >= (8, 0)
+    if precision == "auto":
+        if capability is None:
+            return "float32", []
+        return ("mixed_bfloat16" if native_bf16 else "mixed_float16"), []
+    if precision == "bf16":
+        warnings = [] if capability is None or native_bf16 else [
+            "this GPU has no native bf16: it is emulated, slowly; precision auto would use "
+            "fp16 with loss scaling"]
+        return "mixed_bfloat16", warnings
+    if precision == "fp16" and capability is None:
+        return "float32", ["precision fp16 needs a CUDA GPU; training in fp32 on the CPU "
+                           "(bf16 runs on CPUs too)"]
+    return ("mixed_float16" if precision == "fp16" else "float32"), []
 
 
 class KerasTrainer(NetTrainer):
     """``mlp`` and ``cnn`` in Keras; hyperparameters: see :mod:`components.trainers.loop`.
 
-    ``num_workers`` is accepted (the settings are shared with torch) but unused: arrays in
-    memory are fed to Keras directly.
+    ``num_workers`` and ``channels_last`` are accepted (the settings are shared with torch)
+    but unused: arrays in memory are fed to Keras directly, and Keras convolutions are
+    channels-last already. ``precision`` sets the hidden layers' dtype policy (mixed
+    bfloat16 or float16); the output layer, the loss and the weights stay float32.
     """
 
     framework = "keras"
@@ -89,13 +118,14 @@ class KerasTrainer(NetTrainer):
     ) -> None:
         super().__init__(task, estimator, hyperparameters, seed, **options)
         self.model = None  # the saved model: probabilities, or values in the target's units
+        self.policy = "float32"  # the hidden layers' dtype policy (fit chooses it)
 
     # ---------------------------------------------------------------------- the network
 
     def _build(self, keras, n_features: int, outputs: int, mean: float, std: float):
         """``(train_model, model)``: the first ends in logits or standardised values and is
         the one fitted; the second shares its layers and adds Softmax or Rescaling."""
-        s, layers = self.settings, keras.layers
+        s, layers, dtype = self.settings, keras.layers, self.policy
         # Explicit names and seeds: the saved config and the weights do not depend on what
         # else this process built before.
         inputs = keras.Input(shape=(n_features,), name="features")
@@ -106,14 +136,16 @@ class KerasTrainer(NetTrainer):
             h = layers.Permute((2, 3, 1), name="channels_last")(h)
             for i, filters in enumerate(s.channels, start=1):
                 h = layers.Conv2D(filters, 3, padding="same", activation="relu",
-                                  name=f"conv_{i}")(h)
-                h = layers.MaxPooling2D(2, name=f"pool_{i}")(h)
+                                  name=f"conv_{i}", dtype=dtype)(h)
+                h = layers.MaxPooling2D(2, name=f"pool_{i}", dtype=dtype)(h)
             h = layers.Flatten(name="flatten")(h)
         for i, units in enumerate(s.hidden, start=1):
-            h = layers.Dense(units, activation="relu", name=f"dense_{i}")(h)
+            h = layers.Dense(units, activation="relu", name=f"dense_{i}", dtype=dtype)(h)
             if s.dropout > 0:
-                h = layers.Dropout(s.dropout, seed=self.seed + i, name=f"dropout_{i}")(h)
-        z = layers.Dense(outputs, name="output")(h)
+                h = layers.Dropout(s.dropout, seed=self.seed + i, name=f"dropout_{i}",
+                                   dtype=dtype)(h)
+        # Logits and regression values in float32, as the torch backend keeps them.
+        z = layers.Dense(outputs, name="output", dtype="float32")(h)
         train_model = keras.Model(inputs, z, name=f"{self.estimator}_train")
         if self.task == "classification":
             out = layers.Softmax(name="probabilities")(z)
@@ -134,6 +166,8 @@ class KerasTrainer(NetTrainer):
             "rmsprop": lambda: keras.optimizers.RMSprop(lr, weight_decay=decay),
             "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9, weight_decay=decay),
         }[s.optimizer]()
+        if self.policy == "mixed_float16":  # float16 gradients underflow without it
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         if self.task == "classification":
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         else:
@@ -171,10 +205,9 @@ class KerasTrainer(NetTrainer):
         self.image_shape = check_image_shape(self.estimator, self.image_shape, x.shape[1])
         outputs = n_outputs(self.task, y, y_val)
         mean, std = target_scale(self.task, y, s)
-        self.device = pick_device()
-        if self.device not in _announced:
-            _announced.add(self.device)
-            say(f"keras: training on {self.device}")
+        self.device, capability = pick_device()
+        self.policy, warnings = dtype_policy(s.precision, capability)
+        announce("keras", f"training on {self.device}: {self.policy}", warnings)
         keras.utils.set_random_seed(self.seed)  # Python, NumPy and TensorFlow generators
         if self.device == "cpu":
             # Process-wide and for good (TensorFlow has no switch back); on CPU it costs
@@ -269,6 +302,11 @@ class KerasTrainer(NetTrainer):
         except (ValueError, OSError, zipfile.BadZipFile) as err:
             raise SlipwayError(f"{path} is not a loadable Keras model: {err}",
                                "restore the model version or retrain it") from None
+        # Mixed precision is for training: the weights are float32, and a reopened model
+        # (evaluated, served, usually on a CPU) computes in float32, as torch's does.
+        for layer in trainer.model.layers:
+            if layer.dtype_policy.name != "float32":
+                layer.dtype_policy = "float32"
         return trainer
 
 

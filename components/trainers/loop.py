@@ -22,6 +22,9 @@ from components.trainers.base import Trainer, reject_unknown_hyperparameters
 ESTIMATORS = ("mlp", "cnn")
 OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
 SCHEDULES = ("cosine", "plateau", "none")
+# auto: mixed precision on a GPU (bf16, or fp16 with loss scaling on cards without native
+# bf16), float32 on CPU. bf16 also runs on CPU (autocast); fp16 needs a GPU.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # Fallbacks for keys params.yaml leaves out (params.yaml sets every one of them).
 _COMMON: dict[str, Any] = {
@@ -34,11 +37,13 @@ _COMMON: dict[str, Any] = {
     "weight_decay": 0.0,
     "schedule": "cosine",
     "num_workers": None,     # DataLoader workers (torch); None: 2 on CUDA, 0 on CPU
+    "precision": "auto",     # one of PRECISIONS
     "scale_target": True,    # regression: fit standardised targets, predict in real units
 }
 DEFAULTS: dict[str, dict[str, Any]] = {
     "mlp": {"hidden": [64, 64], **_COMMON},
-    "cnn": {"channels": [32, 64], "hidden": [120, 84], **_COMMON},
+    # channels_last (torch): NHWC weights and batches; None: on CUDA only.
+    "cnn": {"channels": [32, 64], "hidden": [120, 84], "channels_last": None, **_COMMON},
 }
 
 
@@ -58,13 +63,15 @@ class NetSettings:
     schedule: str
     num_workers: int | None
     scale_target: bool
+    precision: str
+    channels_last: bool | None  # cnn only (an mlp has no image batches)
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as used (what ``trainer.json`` records), lists not tuples."""
         out = asdict(self)
         out["hidden"] = list(self.hidden)
         if self.channels is None:
-            del out["channels"]
+            del out["channels"], out["channels_last"]
         else:
             out["channels"] = list(self.channels)
         return out
@@ -125,10 +132,13 @@ def net_settings(framework: str, estimator: str, hyperparameters: dict[str, Any]
                                    allowed)
     hp = {**allowed, **hyperparameters}
     workers = hp["num_workers"]
-    scale_target = hp["scale_target"]
-    if not isinstance(scale_target, bool):
-        raise SlipwayError(f"scale_target must be true or false, got {scale_target!r}",
-                           f"correct {_where(estimator, 'scale_target')}")
+    for key in ("scale_target", "channels_last"):
+        value = hp.get(key)
+        if not isinstance(value, bool) and not (key == "channels_last" and value is None):
+            accepted = "true, false or null (automatic)" if key == "channels_last" \
+                else "true or false"
+            raise SlipwayError(f"{key} must be {accepted}, got {value!r}",
+                               f"correct {_where(estimator, key)}")
     return NetSettings(
         hidden=_units(estimator, "hidden", hp["hidden"], 2 if estimator == "cnn" else None),
         channels=_units(estimator, "channels", hp["channels"], 2) if estimator == "cnn" else None,
@@ -141,7 +151,9 @@ def net_settings(framework: str, estimator: str, hyperparameters: dict[str, Any]
         weight_decay=_float(estimator, "weight_decay", hp["weight_decay"], 0.0),
         schedule=_choice(estimator, "schedule", hp["schedule"], SCHEDULES),
         num_workers=None if workers is None else _int(estimator, "num_workers", workers, 0),
-        scale_target=scale_target,
+        scale_target=hp["scale_target"],
+        precision=_choice(estimator, "precision", hp["precision"], PRECISIONS),
+        channels_last=hp.get("channels_last"),
     )
 
 
@@ -267,6 +279,18 @@ def epoch_line(epoch: int, epochs: int, logs: dict[str, float], lr: float) -> st
 def say(line: str) -> None:
     """A progress line on stderr (stdout stays for the stages' results)."""
     print(line, file=sys.stderr, flush=True)
+
+
+_announced: set[str] = set()  # lines announce() has already said in this process
+
+
+def announce(framework: str, line: str, warnings: list[str]) -> None:
+    """Say ``<framework>: <line>`` (where and how a fit trains) and its warnings, each once
+    per process: cross-validation fits the same settings once per fold."""
+    for text in [*(f"{framework}: warning: {w}" for w in warnings), f"{framework}: {line}"]:
+        if text not in _announced:
+            _announced.add(text)
+            say(text)
 
 
 class NetTrainer(Trainer):

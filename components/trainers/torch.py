@@ -1,14 +1,17 @@
 """PyTorch backend: an ``mlp`` for tabular rows and a small ``cnn`` for images.
 
-The training loop picks CUDA when present (else CPU) and says so once on stderr. On CUDA
-it runs the forward pass under bf16 autocast (fp16 with loss scaling on cards without
-native bf16), keeps CNN weights and batches channels-last, and feeds batches from pinned
-memory; on CPU it is seeded and deterministic, so the same fit gives byte-identical
-``model.safetensors``. Validation loss drives early stopping (the best epoch's weights are
-kept) and the learning-rate schedule. After every epoch the whole training state goes to
-``checkpoint_dir/checkpoint.safetensors`` (safetensors for tensors, JSON in its header for
-the rest, replaced atomically), and :meth:`TorchTrainer.fit` resumes from it: a killed fit
-rerun on CPU ends with the same weights as one never interrupted.
+The training loop picks CUDA when present (else CPU) and says so once on stderr, with how
+it will use the device (:class:`DevicePlan`). On CUDA it runs the forward pass under bf16
+autocast (fp16 with loss scaling on cards without native bf16), keeps CNN weights and
+batches channels-last, and feeds batches from pinned memory through loader workers; the
+``precision`` and ``channels_last`` settings choose otherwise, and ask for bf16 autocast or
+channels-last on CPU as well. On CPU it is seeded and deterministic, so the same fit gives
+byte-identical ``model.safetensors``. Validation loss drives early stopping (the best
+epoch's weights are kept) and the learning-rate schedule. After every epoch the whole
+training state goes to ``checkpoint_dir/checkpoint.safetensors`` (safetensors for tensors,
+JSON in its header for the rest, replaced atomically), and :meth:`TorchTrainer.fit`
+resumes from it: a killed fit rerun on CPU ends with the same weights as one never
+interrupted.
 
 Set ``CUDA_VISIBLE_DEVICES=`` (empty) to train on CPU on a GPU machine.
 """
@@ -34,7 +37,9 @@ from components.errors import SlipwayError
 from components.io import atomic_path, write_json
 from components.trainers.base import META_FILE, Trainer
 from components.trainers.loop import (
+    NetSettings,
     NetTrainer,
+    announce,
     check_image_shape,
     epoch_line,
     fingerprint,
@@ -48,7 +53,6 @@ from components.trainers.nets import build_net
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 EVAL_BATCH = 1024  # rows per forward pass when evaluating and predicting (no gradients kept)
-_announced: set[str] = set()  # devices already reported on stderr by this process
 
 
 def pick_device() -> tuple[torch.device, str]:
@@ -57,6 +61,72 @@ def pick_device() -> tuple[torch.device, str]:
         index = torch.cuda.current_device()
         return torch.device("cuda", index), f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return torch.device("cpu"), "cpu"
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """How a fit uses its device: everything the training loop does differently on a GPU."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast's dtype; None: float32 throughout
+    channels_last: bool            # CNN weights and image batches in NHWC memory order
+    pin_memory: bool               # batches and validation data in page-locked memory
+    workers: int                   # DataLoader worker processes
+
+    @property
+    def loss_scaling(self) -> bool:
+        """fp16 gradients underflow without loss scaling; bf16 has float32's range."""
+        return self.amp_dtype == torch.float16
+
+    def describe(self) -> str:
+        """``bf16 autocast, channels-last, pinned memory, 2 loader workers``."""
+        parts = [{None: "fp32", torch.bfloat16: "bf16 autocast",
+                  torch.float16: "fp16 autocast with loss scaling"}[self.amp_dtype]]
+        if self.channels_last:
+            parts.append("channels-last")
+        if self.pin_memory:
+            parts.append("pinned memory")
+        if self.workers:
+            parts.append(f"{self.workers} loader worker{'s' * (self.workers > 1)}")
+        return ", ".join(parts)
+
+
+def device_plan(device: torch.device, estimator: str, settings: NetSettings,
+                native_bf16: bool) -> tuple[DevicePlan, list[str]]:
+    """What a fit on ``device`` does, from the ``precision``, ``channels_last`` and
+    ``num_workers`` settings, and warnings for what it cannot do as asked.
+
+    Args:
+        device: where the model trains.
+        estimator: ``mlp`` or ``cnn`` (only a cnn has images to keep channels-last).
+        settings: the validated hyperparameters.
+        native_bf16: whether the GPU computes in bf16 natively (Ampere and newer).
+    """
+    cuda, warnings = device.type == "cuda", []
+    amp: torch.dtype | None = None
+    if settings.precision == "auto" and cuda:
+        amp = torch.bfloat16 if native_bf16 else torch.float16
+    elif settings.precision == "bf16":
+        amp = torch.bfloat16
+        if cuda and not native_bf16:
+            warnings.append("this GPU has no native bf16: torch emulates it, slowly; "
+                            "precision auto would use fp16 with loss scaling")
+    elif settings.precision == "fp16":
+        if cuda:
+            amp = torch.float16
+        else:
+            warnings.append("precision fp16 needs a CUDA GPU (its loss scaling runs there); "
+                            "training in fp32 on the CPU (bf16 autocast runs on CPUs too)")
+    channels_last = settings.channels_last
+    if channels_last is None:
+        channels_last = estimator == "cnn" and cuda
+    # Workers only pay on CUDA, where they slice and pin the next batches while the GPU
+    # computes. On CPU the data are already in-memory tensors: slicing a batch costs
+    # microseconds, and workers would add process start-up and inter-process copies
+    # while competing with the training step for the same cores.
+    workers = settings.num_workers
+    workers = (2 if cuda else 0) if workers is None else workers
+    return DevicePlan(device, amp, channels_last, cuda, workers), warnings
 
 
 def cpu_quota() -> int | None:
@@ -162,8 +232,8 @@ class TorchTrainer(NetTrainer):
         super().__init__(task, estimator, hyperparameters, seed, **options)
         self.config: dict[str, Any] | None = None  # architecture, known once fit sees data
         self.model: torch.nn.Module | None = None
-        self._device = torch.device("cpu")  # where self.model sits
-        self._amp_dtype: torch.dtype | None = None  # autocast's dtype on CUDA
+        # Where self.model sits and how it computes there (fit chooses; loaded models: CPU).
+        self._plan = DevicePlan(torch.device("cpu"), None, False, False, 0)
 
     # ----------------------------------------------------------------- building blocks
 
@@ -179,9 +249,6 @@ class TorchTrainer(NetTrainer):
             "dropout": self.settings.dropout,
         }
 
-    def _channels_last(self) -> bool:
-        return self.estimator == "cnn" and self._device.type == "cuda"
-
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         """Float32 feature rows as a tensor; image batches as (N, C, H, W)."""
         x = _writable(np.ascontiguousarray(x, dtype=np.float32))
@@ -194,16 +261,20 @@ class TorchTrainer(NetTrainer):
         t = torch.from_numpy(x)
         return t.view(len(t), *self.image_shape) if self.estimator == "cnn" else t
 
+    @property
+    def _device(self) -> torch.device:
+        return self._plan.device
+
     def _to_device(self, xb: torch.Tensor) -> torch.Tensor:
         xb = xb.to(self._device, non_blocking=True)
-        if self._channels_last():
+        if self._plan.channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
         return xb
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self._amp_dtype is None:
+        if self._plan.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self._amp_dtype)
+        return torch.autocast(self._device.type, dtype=self._plan.amp_dtype)
 
     def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         s = self.settings
@@ -230,19 +301,13 @@ class TorchTrainer(NetTrainer):
     def _loader(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
         from torch.utils.data import DataLoader, TensorDataset
 
-        cuda = self._device.type == "cuda"
-        # Workers only pay on CUDA, where they slice and pin the next batches while the GPU
-        # computes. On CPU the data are already in-memory tensors: slicing a batch costs
-        # microseconds, and workers would add process start-up and inter-process copies
-        # while competing with the training step for the same cores.
-        workers = self.settings.num_workers
-        workers = (2 if cuda else 0) if workers is None else workers
+        workers = self._plan.workers
         # The loader draws its workers' seeds from a generator of its own: it draws once per
         # epoch, or once per fit with persistent workers, and that must not move the shuffle.
         return DataLoader(TensorDataset(x, y),
                           sampler=ShuffledBatches(len(x), self.settings.batch_size, generator),
                           batch_size=None, collate_fn=_as_is, num_workers=workers,
-                          pin_memory=cuda, persistent_workers=workers > 0,
+                          pin_memory=self._plan.pin_memory, persistent_workers=workers > 0,
                           generator=torch.Generator().manual_seed(self.seed))
 
     def _loss(self, model: torch.nn.Module, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -272,15 +337,13 @@ class TorchTrainer(NetTrainer):
         outputs = n_outputs(self.task, y, y_val)
         mean, std = target_scale(self.task, y, s)
         self.config = self._architecture(x.shape[1], outputs)
-        self._device, self.device = pick_device()
-        self._amp_dtype = None
-        if self._device.type == "cuda":
-            native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-            self._amp_dtype = torch.bfloat16 if native_bf16 else torch.float16
-        if self.device not in _announced:
-            _announced.add(self.device)
-            say(f"torch: training on {self.device}"
-                + (f" ({fit_threads()} threads)" if self._device.type == "cpu" else ""))
+        device, self.device = pick_device()
+        native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(
+            including_emulation=False)
+        self._plan, warnings = device_plan(device, self.estimator, s, native_bf16)
+        threads = f" ({fit_threads()} threads)" if device.type == "cpu" else ""
+        announce("torch", f"training on {self.device}{threads}: {self._plan.describe()}",
+                 warnings)
         y_dtype = np.int64 if self.task == "classification" else np.float32
         y = np.asarray(y, dtype=y_dtype)
         y_val = None if y_val is None else np.asarray(y_val, dtype=y_dtype)
@@ -291,19 +354,19 @@ class TorchTrainer(NetTrainer):
             if self.task == "regression":
                 model.set_target_scale(mean, std)
             model.to(self._device)
-            if self._channels_last():
+            if self._plan.channels_last:
                 model.to(memory_format=torch.channels_last)
             self.model = model
             optimizer = self._optimizer(model)
             scheduler = self._scheduler(optimizer)
             # bf16 needs no loss scaling; cards without it (T4, V100) get fp16 with scaling.
-            scaler = torch.amp.GradScaler("cuda", enabled=self._amp_dtype == torch.float16)
+            scaler = torch.amp.GradScaler("cuda", enabled=self._plan.loss_scaling)
             generator = torch.Generator().manual_seed(self.seed)
             loader = self._loader(self._tensor(x), torch.from_numpy(_writable(y)), generator)
             val = None
             if x_val is not None:
                 xv, yv = self._tensor(x_val), torch.from_numpy(_writable(y_val))
-                val = (xv.pin_memory(), yv.pin_memory()) if self._device.type == "cuda" \
+                val = (xv.pin_memory(), yv.pin_memory()) if self._plan.pin_memory \
                     else (xv, yv)
 
             progress, best_state = _Progress(), None

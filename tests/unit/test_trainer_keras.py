@@ -18,7 +18,13 @@ from sklearn.metrics import log_loss, r2_score  # noqa: E402
 from components.errors import SlipwayError  # noqa: E402
 from components.io import file_hash, read_json  # noqa: E402
 from components.trainers import get_trainer, load_trainer  # noqa: E402
-from components.trainers.keras import BACKUP_DIR, MODEL_FILE, PROGRESS_FILE, KerasTrainer  # noqa: E402
+from components.trainers.keras import (  # noqa: E402
+    BACKUP_DIR,
+    MODEL_FILE,
+    PROGRESS_FILE,
+    KerasTrainer,
+    dtype_policy,
+)
 
 # Keras 3.15 copies TensorFlow tensors with np.array(x, copy=False)-style calls that
 # NumPy 2 warns about (on save and get_weights): Keras' business, not these tests'.
@@ -112,6 +118,71 @@ def test_save_load_round_trip_and_hash_check(tmp_path, digits, digits_cnn):
     # Saving the same model again gives the same bytes (no save time in the file).
     digits_cnn.save(tmp_path / "again")
     assert file_hash(tmp_path / "again" / MODEL_FILE, "sha256") == digest
+
+
+@pytest.mark.parametrize(
+    ("precision", "capability", "policy", "warning"),
+    [
+        ("auto", (9, 0), "mixed_bfloat16", None),   # H100, H200
+        ("auto", (7, 5), "mixed_float16", None),    # T4
+        ("auto", None, "float32", None),            # CPU
+        ("fp32", (9, 0), "float32", None),
+        ("bf16", None, "mixed_bfloat16", None),     # bf16 runs on CPUs too
+        ("bf16", (7, 0), "mixed_bfloat16", "no native bf16"),
+        ("fp16", (8, 0), "mixed_float16", None),
+        ("fp16", None, "float32", "needs a CUDA GPU"),
+    ],
+)
+def test_dtype_policy(precision, capability, policy, warning):
+    got, warnings = dtype_policy(precision, capability)
+    assert got == policy
+    assert (warning is None and warnings == []) or warning in warnings[0]
+
+
+def test_cnn_trains_with_mixed_bfloat16_on_cpu(tmp_path, digits, capsys):
+    """The GPU's mixed precision (hidden layers compute in bfloat16; the output layer, the
+    loss and the weights in float32) run on the CPU, where TensorFlow computes bfloat16 too.
+    The reopened model computes in float32."""
+    (x, y), (xv, yv), (xt, yt) = digits
+    trainer = KerasTrainer("classification", "cnn", {**SMALL_CNN, "precision": "bf16"}, 0,
+                           image_shape=(1, 8, 8))
+    trainer.fit(x, y, xv, yv)
+    assert "keras: training on cpu: mixed_bfloat16" in capsys.readouterr().err
+    layers = {layer.name: layer for layer in trainer.model.layers}
+    assert layers["conv_1"].compute_dtype == "bfloat16"
+    assert layers["dense_2"].compute_dtype == "bfloat16"
+    assert layers["output"].compute_dtype == "float32"
+    assert {w.dtype for w in trainer.model.weights} == {"float32"}
+    assert (trainer.predict(xt) == yt).mean() >= 0.9
+    trainer.save(tmp_path)
+    loaded = load_trainer(tmp_path, {MODEL_FILE: file_hash(tmp_path / MODEL_FILE, "sha256")})
+    assert {layer.compute_dtype for layer in loaded.model.layers} == {"float32"}
+    assert (loaded.predict(xt) == trainer.predict(xt)).mean() >= 0.98
+
+
+def test_fp16_on_cpu_warns_and_trains_in_float32(iris, capsys):
+    (x, y), _, _ = iris
+    trainer = KerasTrainer("classification", "mlp", {**SMALL_MLP, "epochs": 1,
+                                                     "precision": "fp16"}, 0)
+    trainer.fit(x, y)
+    assert "keras: warning: precision fp16 needs a CUDA GPU" in capsys.readouterr().err
+    assert trainer.policy == "float32"
+    assert {layer.compute_dtype for layer in trainer.model.layers} == {"float32"}
+
+
+@pytest.mark.gpu
+def test_cnn_trains_on_gpu_in_mixed_precision(digits):
+    from components.trainers.keras import pick_device
+
+    if pick_device()[1] is None:
+        pytest.skip("TensorFlow sees no GPU: the lock installs tensorflow-cpu; install the "
+                    "CUDA build (tensorflow[and-cuda]) to run this")
+    (x, y), (xv, yv), (xt, yt) = digits
+    trainer = KerasTrainer("classification", "cnn", SMALL_CNN, 0, image_shape=(1, 8, 8))
+    trainer.fit(x, y, xv, yv)
+    assert trainer.device.startswith("cuda")
+    assert trainer.policy in ("mixed_bfloat16", "mixed_float16")
+    assert (trainer.predict(xt) == yt).mean() >= 0.9
 
 
 def test_safe_mode_refuses_code_in_the_file(tmp_path, digits_cnn):

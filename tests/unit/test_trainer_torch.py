@@ -23,8 +23,13 @@ from sklearn.metrics import log_loss, r2_score  # noqa: E402
 from components.errors import SlipwayError  # noqa: E402
 from components.io import file_hash, read_json  # noqa: E402
 from components.trainers import get_trainer, load_trainer  # noqa: E402
-from components.trainers.loop import epoch_line  # noqa: E402
-from components.trainers.torch import CHECKPOINT_FILE, MODEL_FILE, TorchTrainer  # noqa: E402
+from components.trainers.loop import epoch_line, net_settings  # noqa: E402
+from components.trainers.torch import (  # noqa: E402
+    CHECKPOINT_FILE,
+    MODEL_FILE,
+    TorchTrainer,
+    device_plan,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL_MLP = {"hidden": [32], "epochs": 20, "patience": 5, "batch_size": 16, "lr": 1e-2}
@@ -183,6 +188,93 @@ def test_cross_validate_uses_fresh_copies(iris):
     assert trainer.model is None  # the folds fitted clones
 
 
+# ------------------------------------------------------------- device plans, mixed precision
+
+CUDA, CPU = torch.device("cuda", 0), torch.device("cpu")
+BF16, FP16 = torch.bfloat16, torch.float16
+
+
+@pytest.mark.parametrize(
+    ("device", "estimator", "hp", "native_bf16", "want", "warning"),
+    [
+        # (amp dtype, channels-last, pinned, workers)
+        (CUDA, "cnn", {}, True, (BF16, True, True, 2), None),             # A100, H100, H200
+        (CUDA, "cnn", {}, False, (FP16, True, True, 2), None),            # T4, V100
+        (CUDA, "mlp", {}, True, (BF16, False, True, 2), None),
+        (CUDA, "cnn", {"precision": "fp32", "channels_last": False, "num_workers": 0}, True,
+         (None, False, True, 0), None),
+        (CUDA, "cnn", {"precision": "bf16"}, False, (BF16, True, True, 2), "no native bf16"),
+        (CUDA, "mlp", {"precision": "fp16"}, True, (FP16, False, True, 2), None),
+        (CPU, "cnn", {}, False, (None, False, False, 0), None),
+        (CPU, "cnn", {"precision": "bf16", "channels_last": True, "num_workers": 2}, False,
+         (BF16, True, False, 2), None),
+        (CPU, "mlp", {"precision": "fp16"}, False, (None, False, False, 0), "needs a CUDA GPU"),
+    ],
+)
+def test_device_plan(device, estimator, hp, native_bf16, want, warning):
+    """The GPU side of the plan is computed for a ``cuda`` device object; no GPU is needed
+    to build one. What the plan then does on a real GPU is the ``gpu`` tests' part."""
+    settings = net_settings("torch", estimator, hp)
+    plan, warnings = device_plan(device, estimator, settings, native_bf16)
+    assert (plan.amp_dtype, plan.channels_last, plan.pin_memory, plan.workers) == want
+    assert plan.loss_scaling == (plan.amp_dtype == FP16)
+    if warning:
+        assert len(warnings) == 1 and warning in warnings[0]
+    else:
+        assert warnings == []
+
+
+def test_device_plan_is_printed_with_the_device(iris, capsys):
+    (x, y), _, _ = iris
+    hp = {**SMALL_MLP, "epochs": 1, "precision": "bf16", "num_workers": 1}
+    TorchTrainer("classification", "mlp", hp, 0).fit(x, y)
+    assert "torch: training on cpu (1 threads): bf16 autocast, 1 loader worker" \
+        in capsys.readouterr().err
+
+
+def test_cnn_trains_in_bf16_channels_last_with_workers_on_cpu(tmp_path, digits, digits_cnn,
+                                                             capsys):
+    """The GPU code path (bf16 autocast, channels-last weights and batches, loader workers)
+    run on the CPU, where torch runs bf16 autocast too: only pinned memory and the CUDA
+    kernels are left to the ``gpu`` tests."""
+    (x, y), (xv, yv), (xt, yt) = digits
+    hp = {**SMALL_CNN, "precision": "bf16", "channels_last": True, "num_workers": 2}
+    trainer = TorchTrainer("classification", "cnn", hp, 0, image_shape=(1, 8, 8))
+    trainer.fit(x, y, xv, yv)
+    assert "bf16 autocast, channels-last, 2 loader workers" in capsys.readouterr().err
+    conv = trainer.model.body[0][0].weight
+    assert conv.dtype == torch.float32  # autocast computes in bf16; the weights stay fp32
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=BF16):
+        hidden = trainer.model.features(torch.from_numpy(xt[:4]))
+        logits = trainer.model(torch.from_numpy(xt[:4]))
+    assert hidden.dtype == BF16 and logits.dtype == torch.float32  # the head stays fp32
+    accuracy = (trainer.predict(xt) == yt).mean()
+    assert accuracy >= 0.9
+    assert trainer.hyperparameters["precision"] == "bf16"
+
+    # Saved contiguous, reopened on CPU in float32: the predictions barely move.
+    trainer.save(tmp_path)
+    loaded = load_trainer(tmp_path, {MODEL_FILE: file_hash(tmp_path / MODEL_FILE, "sha256")})
+    assert (loaded.predict(xt) == trainer.predict(xt)).mean() >= 0.98
+    # Reproducible on CPU under autocast too: a second fit gives the same weights.
+    again = TorchTrainer("classification", "cnn", hp, 0, image_shape=(1, 8, 8))
+    again.fit(x, y, xv, yv)
+    _assert_same_weights(_weights(trainer), _weights(again))
+    # ... and not the float32 fit's.
+    assert not torch.equal(conv, digits_cnn.model.body[0][0].weight)
+
+
+def test_fp16_on_cpu_warns_and_trains_in_fp32(iris, capsys):
+    (x, y), _, _ = iris
+    trainer = TorchTrainer("classification", "mlp", {**SMALL_MLP, "epochs": 1,
+                                                     "precision": "fp16"}, 0)
+    trainer.fit(x, y)
+    err = capsys.readouterr().err
+    assert "torch: warning: precision fp16 needs a CUDA GPU" in err
+    assert trainer._plan.amp_dtype is None
+
+
 # ------------------------------------------------------------------------ saving, loading
 
 def test_save_and_load_round_trip(tmp_path, digits, digits_cnn):
@@ -331,6 +423,13 @@ def test_unknown_hyperparameter_and_bad_values():
         TorchTrainer("classification", "mlp", {"epochs": 2.5}, 0)
     with pytest.raises(SlipwayError, match="hidden must be a list of 2"):
         TorchTrainer("classification", "cnn", {"hidden": [8]}, 0, image_shape=(1, 8, 8))
+    with pytest.raises(SlipwayError, match="unknown precision 'bfloat16'") as err:
+        TorchTrainer("classification", "mlp", {"precision": "bfloat16"}, 0)
+    assert "valid: auto, bf16, fp16, fp32" in str(err.value)
+    with pytest.raises(SlipwayError, match="channels_last must be true, false or null"):
+        TorchTrainer("classification", "cnn", {"channels_last": "yes"}, 0, image_shape=(1, 8, 8))
+    with pytest.raises(SlipwayError, match="no hyperparameter.*channels_last"):
+        TorchTrainer("classification", "mlp", {"channels_last": True}, 0)  # no images
     # Numbers that crossed kfp as doubles are taken back as whole numbers.
     trainer = TorchTrainer("classification", "mlp", {"epochs": 3.0, "hidden": [8.0]}, 0)
     assert trainer.hyperparameters["epochs"] == 3 and trainer.hyperparameters["hidden"] == [8]
@@ -378,12 +477,36 @@ def test_epoch_line_format():
 # ------------------------------------------------------------------------------------ GPU
 
 @pytest.mark.gpu
-def test_cnn_trains_on_cuda_with_bf16_and_channels_last(digits):
+@pytest.mark.parametrize("precision", ["auto", "fp16"])
+def test_cnn_trains_on_cuda_with_mixed_precision_and_channels_last(tmp_path, digits, precision,
+                                                                   capsys):
+    """auto: bf16 autocast on cards with native bf16 (Ampere on), else fp16; fp16: autocast
+    with loss scaling. Checkpointing the GPU state (scaler, CUDA RNG) and resuming are part
+    of it."""
     (x, y), (xv, yv), (xt, yt) = digits
-    trainer = TorchTrainer("classification", "cnn", SMALL_CNN, 0, image_shape=(1, 8, 8))
+    hp = {**SMALL_CNN, "precision": precision}
+    trainer = TorchTrainer("classification", "cnn", hp, 0, image_shape=(1, 8, 8),
+                           checkpoint_dir=tmp_path / "ckpt")
     trainer.fit(x, y, xv, yv)
     assert trainer.device.startswith("cuda")
+    plan = trainer._plan
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    want = BF16 if precision == "auto" and native else FP16
+    assert plan.amp_dtype == want and plan.pin_memory and plan.workers == 2
+    assert plan.describe() in capsys.readouterr().err
     assert next(trainer.model.parameters()).is_cuda
     conv = trainer.model.body[0][0].weight
+    assert conv.dtype == torch.float32
     assert conv.is_contiguous(memory_format=torch.channels_last)
     assert (trainer.predict(xt) == yt).mean() >= 0.9
+    meta = _checkpoint_meta(tmp_path / "ckpt" / CHECKPOINT_FILE)
+    assert (meta["scaler"] is not None) == (want == FP16)
+
+    trainer.save(tmp_path / "model")  # contiguous CPU tensors, reopened on CPU
+    loaded = load_trainer(tmp_path / "model")
+    assert (loaded.predict(xt) == trainer.predict(xt)).mean() >= 0.98
+    resumed = TorchTrainer("classification", "cnn", hp, 0, image_shape=(1, 8, 8),
+                           checkpoint_dir=tmp_path / "ckpt")
+    resumed.fit(x, y, xv, yv)  # the finished checkpoint: nothing left to train
+    assert "resuming" in capsys.readouterr().err
+    _assert_same_weights(_weights(trainer), _weights(resumed))
