@@ -35,8 +35,16 @@ from typing import Any
 
 import numpy as np
 
-# Peak dense bf16 tensor-core throughput, FLOP/s (vendor datasheets, without sparsity).
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "T4": 65e12}
+# Peak dense bf16 tensor-core throughput, FLOP/s (vendor datasheets, without sparsity), by a
+# part of the name torch reports; the more specific names first. The T4 has no bf16 tensor
+# cores: its figure is fp16's, which is what autocast uses there.
+PEAK_BF16 = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12, "H100": 989e12,
+             "GH200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "T4": 65e12}
+
+
+def peak_bf16(gpu_name: str) -> float | None:
+    """The datasheet's dense bf16 FLOP/s of a GPU by the name torch reports, or None."""
+    return next((v for k, v in PEAK_BF16.items() if k in gpu_name), None)
 
 
 def hardware() -> dict[str, Any]:
@@ -95,10 +103,17 @@ def bare_run(kind: str, x, y, shape, epochs: int, batch: int):
     """The loop an expert writes by hand: same net, optimizer, schedule and batch size."""
     import torch
 
+    from components.trainers.loop import net_settings
     from components.trainers.nets import build_net
-    from components.trainers.torch import fit_threads, pick_device
+    from components.trainers.torch import device_plan, fit_threads, pick_device
 
     device, _ = pick_device()
+    # The same arithmetic as the trainer's on this device (bf16 autocast and channels-last
+    # on a GPU): the ratio is the trainer's overhead, not a difference in precision.
+    plan, _ = device_plan(device, kind, net_settings("torch", kind, settings(kind, epochs,
+                                                                             batch)),
+                          device.type == "cuda"
+                          and torch.cuda.is_bf16_supported(including_emulation=False))
     config = {"task": "classification", "estimator": kind, "n_features": x.shape[1],
               "n_outputs": 10, "hidden": settings(kind, epochs, batch)["hidden"],
               "channels": [32, 64], "image_shape": list(shape) if shape else None,
@@ -108,19 +123,26 @@ def bare_run(kind: str, x, y, shape, epochs: int, batch: int):
         torch.set_num_threads(fit_threads())
         torch.manual_seed(0)
         net = build_net(config).to(device)
+        memory = torch.channels_last if plan.channels_last else torch.contiguous_format
+        net.to(memory_format=memory)
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        scaler = torch.amp.GradScaler("cuda", enabled=plan.loss_scaling)
         xt = torch.from_numpy(x).to(device)
         yt = torch.from_numpy(y).to(device)
         if shape:
-            xt = xt.view(len(xt), *shape)
+            xt = xt.view(len(xt), *shape).contiguous(memory_format=memory)
         net.train()
         for _ in range(epochs):
             for idx in torch.randperm(len(xt), device=device).split(batch):
-                loss = torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx])
+                with torch.autocast(device.type, dtype=plan.amp_dtype or torch.float32,
+                                    enabled=plan.amp_dtype is not None):
+                    out = net(xt[idx])
+                loss = torch.nn.functional.cross_entropy(out, yt[idx])
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             sched.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -211,48 +233,75 @@ def resnet18(num_classes: int = 10):
                          nn.Flatten(), nn.Linear(512, num_classes))
 
 
-def gpu_resnet(repeat: int, batch: int = 512, steps: int = 50) -> dict[str, Any]:
-    import torch
+def resnet_throughput(device, batch: int, steps: int, repeat: int,
+                      modes: tuple[str, ...] = ("eager", "torch.compile"),
+                      peak: float | None = None) -> dict[str, Any]:
+    """ResNet-18 training steps (SGD, bf16 autocast, channels-last) on CIFAR-shaped random
+    data: images/s, the FLOP/s reached and their share of ``peak``, for each of ``modes``.
 
-    if not torch.cuda.is_available():
-        return {"skipped": "no CUDA device on this machine"}
+    FLOPs are counted once, on an eager step (``torch.utils.flop_counter``: convolutions and
+    matrix products, forward and backward): compiling fuses kernels but leaves the
+    arithmetic as it is, so the same count holds for the compiled model.
+    """
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    device = torch.device("cuda")
-    name = torch.cuda.get_device_name(0)
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    device = torch.device(device)
     x = torch.randn(batch, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
-    out: dict[str, Any] = {"gpu": name, "batch_size": batch, "peak_bf16_flops": peak}
-    for label, compile_it in (("eager", False), ("torch.compile", True)):
+    out: dict[str, Any] = {"batch_size": batch, "steps": steps, "peak_bf16_flops": peak}
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    flops_per_step = None
+    for label in modes:
         torch.manual_seed(0)
         net = resnet18().to(device).to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-        model = torch.compile(net) if compile_it else net
+        model = torch.compile(net) if label == "torch.compile" else net
 
-        def step(model=model, opt=opt):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+        def step(model=model, opt=opt) -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 loss = torch.nn.functional.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-        with FlopCounterMode(display=False) as counter:
-            step()
-        flops_per_step = counter.get_total_flops()
+        if flops_per_step is None:
+            with FlopCounterMode(display=False) as counter:
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    loss = torch.nn.functional.cross_entropy(net(x), y)
+                loss.backward()
+            net.zero_grad(set_to_none=True)
+            flops_per_step = counter.get_total_flops()
+            out["flops_per_image"] = flops_per_step / batch
 
-        def run(step=step):
+        def run(step=step) -> None:
             for _ in range(steps):
                 step()
-            torch.cuda.synchronize()
-        times = timed(run, repeat)
-        images_s = batch * steps / statistics.median(times)
-        achieved = flops_per_step * steps / statistics.median(times)
-        out[label] = {"images_per_s": images_s, "tflops": achieved / 1e12,
-                      "share_of_peak": achieved / peak if peak else None}
-        print(f"  resnet18 {label:14} {images_s:>10.0f} images/s  {achieved / 1e12:6.1f} "
-              "TFLOP/s", file=sys.stderr, flush=True)
+            sync()
+        median = statistics.median(timed(run, repeat))  # the warm-up compiles
+        achieved = flops_per_step * steps / median
+        out[label] = {"images_per_s": batch * steps / median, "tflops": achieved / 1e12,
+                      "share_of_peak": achieved / peak if peak else None,
+                      "seconds_per_step": median / steps}
+        print(f"  resnet18 {label:14} {out[label]['images_per_s']:>10.0f} images/s  "
+              f"{achieved / 1e12:6.1f} TFLOP/s", file=sys.stderr, flush=True)
     return out
+
+
+def gpu_resnet(repeat: int, batch: int = 512, steps: int = 50) -> dict[str, Any]:
+    """:func:`resnet_throughput` on the first CUDA device, or why it was skipped."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device on this machine"}
+    name = torch.cuda.get_device_name(0)
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convs
+    return {"gpu": name, **resnet_throughput("cuda", batch, steps, repeat,
+                                             peak=peak_bf16(name))}
 
 
 def main(argv: list[str] | None = None) -> int:
