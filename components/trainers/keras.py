@@ -95,10 +95,12 @@ def dtype_policy(precision: str, capability: tuple[int, int] | None) -> tuple[st
             "this GPU has no native bf16: it is emulated, slowly; precision auto would use "
             "fp16 with loss scaling"]
         return "mixed_bfloat16", warnings
-    if precision == "fp16" and capability is None:
-        return "float32", ["precision fp16 needs a CUDA GPU; training in fp32 on the CPU "
-                           "(bf16 runs on CPUs too)"]
-    return ("mixed_float16" if precision == "fp16" else "float32"), []
+    if precision == "fp16":
+        warnings = [] if capability is not None else [
+            "fp16 on a CPU is slow on most CPUs (bf16 is the CPU's mixed precision); "
+            "training in mixed_float16 with loss scaling as asked"]
+        return "mixed_float16", warnings
+    return "float32", []
 
 
 class KerasTrainer(NetTrainer):

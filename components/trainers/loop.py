@@ -23,7 +23,7 @@ ESTIMATORS = ("mlp", "cnn")
 OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
 SCHEDULES = ("cosine", "plateau", "none")
 # auto: mixed precision on a GPU (bf16, or fp16 with loss scaling on cards without native
-# bf16), float32 on CPU. bf16 also runs on CPU (autocast); fp16 needs a GPU.
+# bf16), float32 on CPU. bf16 and fp16 run on CPUs too (fp16 slowly, with a warning).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # Fallbacks for keys params.yaml leaves out (params.yaml sets every one of them).

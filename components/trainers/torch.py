@@ -112,11 +112,10 @@ def device_plan(device: torch.device, estimator: str, settings: NetSettings,
             warnings.append("this GPU has no native bf16: torch emulates it, slowly; "
                             "precision auto would use fp16 with loss scaling")
     elif settings.precision == "fp16":
-        if cuda:
-            amp = torch.float16
-        else:
-            warnings.append("precision fp16 needs a CUDA GPU (its loss scaling runs there); "
-                            "training in fp32 on the CPU (bf16 autocast runs on CPUs too)")
+        amp = torch.float16
+        if not cuda:
+            warnings.append("fp16 on a CPU is slow on most CPUs (bf16 is the CPU's mixed "
+                            "precision); training in fp16 with loss scaling as asked")
     channels_last = settings.channels_last
     if channels_last is None:
         channels_last = estimator == "cnn" and cuda
@@ -360,7 +359,7 @@ class TorchTrainer(NetTrainer):
             optimizer = self._optimizer(model)
             scheduler = self._scheduler(optimizer)
             # bf16 needs no loss scaling; cards without it (T4, V100) get fp16 with scaling.
-            scaler = torch.amp.GradScaler("cuda", enabled=self._plan.loss_scaling)
+            scaler = torch.amp.GradScaler(self._device.type, enabled=self._plan.loss_scaling)
             generator = torch.Generator().manual_seed(self.seed)
             loader = self._loader(self._tensor(x), torch.from_numpy(_writable(y)), generator)
             val = None

@@ -208,7 +208,7 @@ BF16, FP16 = torch.bfloat16, torch.float16
         (CPU, "cnn", {}, False, (None, False, False, 0), None),
         (CPU, "cnn", {"precision": "bf16", "channels_last": True, "num_workers": 2}, False,
          (BF16, True, False, 2), None),
-        (CPU, "mlp", {"precision": "fp16"}, False, (None, False, False, 0), "needs a CUDA GPU"),
+        (CPU, "mlp", {"precision": "fp16"}, False, (FP16, False, False, 0), "slow on most CPUs"),
     ],
 )
 def test_device_plan(device, estimator, hp, native_bf16, want, warning):
@@ -265,14 +265,20 @@ def test_cnn_trains_in_bf16_channels_last_with_workers_on_cpu(tmp_path, digits, 
     assert not torch.equal(conv, digits_cnn.model.body[0][0].weight)
 
 
-def test_fp16_on_cpu_warns_and_trains_in_fp32(iris, capsys):
-    (x, y), _, _ = iris
-    trainer = TorchTrainer("classification", "mlp", {**SMALL_MLP, "epochs": 1,
-                                                     "precision": "fp16"}, 0)
-    trainer.fit(x, y)
+def test_fp16_with_loss_scaling_on_cpu(tmp_path, iris, capsys):
+    """The T4's arithmetic (fp16 autocast, gradients through the loss scaler), asked for on
+    the CPU: it warns that it is slow there and trains; the scaler's state is checkpointed."""
+    (x, y), (xv, yv), (xt, yt) = iris
+    trainer = TorchTrainer("classification", "mlp", {**SMALL_MLP, "precision": "fp16"}, 0,
+                           checkpoint_dir=tmp_path)
+    trainer.fit(x, y, xv, yv)
     err = capsys.readouterr().err
-    assert "torch: warning: precision fp16 needs a CUDA GPU" in err
-    assert trainer._plan.amp_dtype is None
+    assert "torch: warning: fp16 on a CPU is slow on most CPUs" in err
+    assert "fp16 autocast with loss scaling" in err
+    assert trainer._plan.loss_scaling
+    assert (trainer.predict(xt) == yt).mean() >= 0.85
+    scaler = _checkpoint_meta(tmp_path / CHECKPOINT_FILE)["scaler"]
+    assert scaler["scale"] > 1 and scaler["_growth_tracker"] > 0
 
 
 # ------------------------------------------------------------------------ saving, loading
@@ -355,11 +361,18 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_killed_fit_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("arithmetic", [
+    {},
+    # A T4's GPU plan on the CPU: fp16 with loss scaling (the scaler's state is resumed
+    # too), channels-last, loader workers.
+    {"precision": "fp16", "channels_last": True, "num_workers": 2},
+], ids=["fp32", "fp16-channels-last-workers"])
+def test_killed_fit_resumes_to_the_same_weights(tmp_path, arithmetic):
+    hp = {**KILL_HP, **arithmetic}
     ckpt_dir = tmp_path / "killed"
     ckpt = ckpt_dir / CHECKPOINT_FILE
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(hp=KILL_HP, threads=torch.get_num_threads()))
+    script.write_text(CHILD.format(hp=hp, threads=torch.get_num_threads()))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     child = subprocess.Popen([sys.executable, str(script), str(ckpt_dir)], cwd=REPO, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -377,14 +390,15 @@ def test_killed_fit_resumes_to_the_same_weights(tmp_path):
     assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
     killed_at = _checkpoint_meta(ckpt)["progress"]["epoch"]
     assert 2 <= killed_at < KILL_HP["epochs"]
+    assert (_checkpoint_meta(ckpt)["scaler"] is not None) == ("precision" in arithmetic)
 
     data = load_digits()
     x, y = (data.data / 16).astype(np.float32), data.target
     args = (x[:600], y[:600], x[600:800], y[600:800])
-    resumed = TorchTrainer("classification", "cnn", KILL_HP, 7, image_shape=(1, 8, 8),
+    resumed = TorchTrainer("classification", "cnn", hp, 7, image_shape=(1, 8, 8),
                            checkpoint_dir=ckpt_dir)
     resumed.fit(*args)
-    whole = TorchTrainer("classification", "cnn", KILL_HP, 7, image_shape=(1, 8, 8),
+    whole = TorchTrainer("classification", "cnn", hp, 7, image_shape=(1, 8, 8),
                          checkpoint_dir=tmp_path / "whole")
     whole.fit(*args)
     assert len(resumed.history["loss"]) == KILL_HP["epochs"]
