@@ -218,6 +218,10 @@ def test_device_plan(device, estimator, hp, native_bf16, want, warning):
     plan, warnings = device_plan(device, estimator, settings, native_bf16)
     assert (plan.amp_dtype, plan.channels_last, plan.pin_memory, plan.workers) == want
     assert plan.loss_scaling == (plan.amp_dtype == FP16)
+    if device == CUDA and want == (BF16, True, True, 2):  # what an H100 fit's first line says
+        assert plan.describe() == "bf16 autocast, channels-last, pinned memory, 2 loader workers"
+    if want == (FP16, False, False, 0):
+        assert plan.describe() == "fp16 autocast with loss scaling"
     if warning:
         assert len(warnings) == 1 and warning in warnings[0]
     else:
