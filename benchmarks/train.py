@@ -127,7 +127,7 @@ def bare_run(kind: str, x, y, shape, epochs: int, batch: int):
         net.to(memory_format=memory)
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-        scaler = torch.amp.GradScaler("cuda", enabled=plan.loss_scaling)
+        scaler = torch.amp.GradScaler(device.type, enabled=plan.loss_scaling)
         xt = torch.from_numpy(x).to(device)
         yt = torch.from_numpy(y).to(device)
         if shape:
@@ -135,8 +135,7 @@ def bare_run(kind: str, x, y, shape, epochs: int, batch: int):
         net.train()
         for _ in range(epochs):
             for idx in torch.randperm(len(xt), device=device).split(batch):
-                with torch.autocast(device.type, dtype=plan.amp_dtype or torch.float32,
-                                    enabled=plan.amp_dtype is not None):
+                with plan.autocast():
                     out = net(xt[idx])
                 loss = torch.nn.functional.cross_entropy(out, yt[idx])
                 opt.zero_grad(set_to_none=True)

@@ -132,13 +132,13 @@ def net_settings(framework: str, estimator: str, hyperparameters: dict[str, Any]
                                    allowed)
     hp = {**allowed, **hyperparameters}
     workers = hp["num_workers"]
-    for key in ("scale_target", "channels_last"):
-        value = hp.get(key)
-        if not isinstance(value, bool) and not (key == "channels_last" and value is None):
-            accepted = "true, false or null (automatic)" if key == "channels_last" \
-                else "true or false"
-            raise SlipwayError(f"{key} must be {accepted}, got {value!r}",
-                               f"correct {_where(estimator, key)}")
+    if not isinstance(hp["scale_target"], bool):
+        raise SlipwayError(f"scale_target must be true or false, got {hp['scale_target']!r}",
+                           f"correct {_where(estimator, 'scale_target')}")
+    channels_last = hp.get("channels_last")  # a cnn's only
+    if channels_last is not None and not isinstance(channels_last, bool):
+        raise SlipwayError(f"channels_last must be true, false or null (automatic), got "
+                           f"{channels_last!r}", f"correct {_where(estimator, 'channels_last')}")
     return NetSettings(
         hidden=_units(estimator, "hidden", hp["hidden"], 2 if estimator == "cnn" else None),
         channels=_units(estimator, "channels", hp["channels"], 2) if estimator == "cnn" else None,
@@ -153,7 +153,7 @@ def net_settings(framework: str, estimator: str, hyperparameters: dict[str, Any]
         num_workers=None if workers is None else _int(estimator, "num_workers", workers, 0),
         scale_target=hp["scale_target"],
         precision=_choice(estimator, "precision", hp["precision"], PRECISIONS),
-        channels_last=hp.get("channels_last"),
+        channels_last=channels_last,
     )
 
 

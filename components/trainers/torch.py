@@ -78,6 +78,12 @@ class DevicePlan:
         """fp16 gradients underflow without loss scaling; bf16 has float32's range."""
         return self.amp_dtype == torch.float16
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context a forward pass runs in: autocast to ``amp_dtype``, or nothing."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
     def describe(self) -> str:
         """``bf16 autocast, channels-last, pinned memory, 2 loader workers``."""
         parts = [{None: "fp32", torch.bfloat16: "bf16 autocast",
@@ -266,14 +272,9 @@ class TorchTrainer(NetTrainer):
 
     def _to_device(self, xb: torch.Tensor) -> torch.Tensor:
         xb = xb.to(self._device, non_blocking=True)
-        if self._plan.channels_last and xb.dim() == 4:
+        if self._plan.channels_last:  # a cnn's (N, C, H, W) batch
             xb = xb.contiguous(memory_format=torch.channels_last)
         return xb
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self._plan.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self._device.type, dtype=self._plan.amp_dtype)
 
     def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         s = self.settings
@@ -429,7 +430,7 @@ class TorchTrainer(NetTrainer):
         every = max(1, len(loader) // 10)  # reading the loss back syncs the GPU: not each step
         for step, (xb, yb) in enumerate(loader, start=1):
             xb, yb = self._to_device(xb), yb.to(self._device, non_blocking=True)
-            with self._autocast():
+            with self._plan.autocast():
                 out = model(xb)
             loss = self._loss(model, out, yb)
             optimizer.zero_grad(set_to_none=True)
@@ -468,7 +469,7 @@ class TorchTrainer(NetTrainer):
         for start in range(0, len(x), EVAL_BATCH):
             xb = self._to_device(x[start:start + EVAL_BATCH])
             yb = y[start:start + EVAL_BATCH].to(self._device, non_blocking=True)
-            with self._autocast():
+            with self._plan.autocast():
                 out = model(xb)
             loss_sum += self._loss(model, out, yb) * len(yb)
             metric_sum += self._metric_sum(out, yb)
@@ -507,7 +508,7 @@ class TorchTrainer(NetTrainer):
         x_t = self._tensor(x)
         self.model.eval()
         outs = []
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._plan.autocast():
             for start in range(0, len(x_t), EVAL_BATCH):
                 outs.append(self.model(self._to_device(x_t[start:start + EVAL_BATCH]))
                             .float().cpu())

@@ -194,34 +194,37 @@ CUDA, CPU = torch.device("cuda", 0), torch.device("cpu")
 BF16, FP16 = torch.bfloat16, torch.float16
 
 
+GPU_PLAN = "bf16 autocast, channels-last, pinned memory, 2 loader workers"  # an H100's cnn
+
+
 @pytest.mark.parametrize(
-    ("device", "estimator", "hp", "native_bf16", "want", "warning"),
+    ("device", "estimator", "hp", "native_bf16", "plan", "warning"),
     [
-        # (amp dtype, channels-last, pinned, workers)
-        (CUDA, "cnn", {}, True, (BF16, True, True, 2), None),             # A100, H100, H200
-        (CUDA, "cnn", {}, False, (FP16, True, True, 2), None),            # T4, V100
-        (CUDA, "mlp", {}, True, (BF16, False, True, 2), None),
+        (CUDA, "cnn", {}, True, GPU_PLAN, None),                        # A100, H100, H200
+        (CUDA, "cnn", {}, False, "fp16 autocast with loss scaling, channels-last, pinned "
+         "memory, 2 loader workers", None),                             # T4, V100
+        (CUDA, "mlp", {}, True, "bf16 autocast, pinned memory, 2 loader workers", None),
         (CUDA, "cnn", {"precision": "fp32", "channels_last": False, "num_workers": 0}, True,
-         (None, False, True, 0), None),
-        (CUDA, "cnn", {"precision": "bf16"}, False, (BF16, True, True, 2), "no native bf16"),
-        (CUDA, "mlp", {"precision": "fp16"}, True, (FP16, False, True, 2), None),
-        (CPU, "cnn", {}, False, (None, False, False, 0), None),
+         "fp32, pinned memory", None),
+        (CUDA, "cnn", {"precision": "bf16"}, False, GPU_PLAN, "no native bf16"),
+        (CUDA, "mlp", {"precision": "fp16"}, True,
+         "fp16 autocast with loss scaling, pinned memory, 2 loader workers", None),
+        (CPU, "cnn", {}, False, "fp32", None),
         (CPU, "cnn", {"precision": "bf16", "channels_last": True, "num_workers": 2}, False,
-         (BF16, True, False, 2), None),
-        (CPU, "mlp", {"precision": "fp16"}, False, (FP16, False, False, 0), "slow on most CPUs"),
+         "bf16 autocast, channels-last, 2 loader workers", None),
+        (CPU, "mlp", {"precision": "fp16"}, False, "fp16 autocast with loss scaling",
+         "slow on most CPUs"),
     ],
 )
-def test_device_plan(device, estimator, hp, native_bf16, want, warning):
+def test_device_plan(device, estimator, hp, native_bf16, plan, warning):
     """The GPU side of the plan is computed for a ``cuda`` device object; no GPU is needed
-    to build one. What the plan then does on a real GPU is the ``gpu`` tests' part."""
+    to build one. What the plan then does on a real GPU is the ``gpu`` tests' part. The
+    description (a fit's first line) names every choice the plan made."""
     settings = net_settings("torch", estimator, hp)
-    plan, warnings = device_plan(device, estimator, settings, native_bf16)
-    assert (plan.amp_dtype, plan.channels_last, plan.pin_memory, plan.workers) == want
-    assert plan.loss_scaling == (plan.amp_dtype == FP16)
-    if device == CUDA and want == (BF16, True, True, 2):  # what an H100 fit's first line says
-        assert plan.describe() == "bf16 autocast, channels-last, pinned memory, 2 loader workers"
-    if want == (FP16, False, False, 0):
-        assert plan.describe() == "fp16 autocast with loss scaling"
+    got, warnings = device_plan(device, estimator, settings, native_bf16)
+    assert got.describe() == plan
+    assert got.amp_dtype == {"bf16": BF16, "fp16": FP16, "fp32": None}[plan[:4]]
+    assert got.loss_scaling == (got.amp_dtype == FP16)
     if warning:
         assert len(warnings) == 1 and warning in warnings[0]
     else:
