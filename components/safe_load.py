@@ -8,6 +8,7 @@ are checked against it before skops parses anything.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import zipfile
@@ -80,22 +81,38 @@ def dump(obj: Any, path: str | Path) -> None:
                          compress_type=zipfile.ZIP_DEFLATED)
 
 
+def _refuse_mismatch(path: Path, sha256: str | None, actual: str) -> None:
+    if sha256 is not None and actual != sha256:
+        raise SlipwayError(
+            f"{path} does not match its recorded sha256 (expected {sha256[:12]}…, "
+            f"found {actual[:12]}…): the file was changed or truncated",
+            "restore the model version (dvc checkout / dvc pull) or package it again",
+        )
+
+
 def verify_file(path: str | Path, sha256: str | None) -> None:
     """Refuse a missing model file, or one whose bytes differ from the recorded sha256.
 
-    Every backend calls this before its framework parses anything in the file.
+    For frameworks that can only open a path (Keras); where the parser takes bytes, use
+    :func:`read_verified`, which parses what it hashed.
     """
     path = Path(path)
     if not path.is_file():
         raise SlipwayError(f"model file {path} not found", "rerun the stage that writes it")
     if sha256 is not None:
-        actual = file_hash(path, "sha256")
-        if actual != sha256:
-            raise SlipwayError(
-                f"{path} does not match its recorded sha256 (expected {sha256[:12]}…, "
-                f"found {actual[:12]}…): the file was changed or truncated",
-                "restore the model version (dvc checkout / dvc pull) or package it again",
-            )
+        _refuse_mismatch(path, sha256, file_hash(path, "sha256"))
+
+
+def read_verified(path: str | Path, sha256: str | None) -> bytes:
+    """A model file's bytes, refused when missing or when they differ from the recorded
+    sha256. The caller parses these very bytes, so a file swapped after the check is never
+    read."""
+    path = Path(path)
+    if not path.is_file():
+        raise SlipwayError(f"model file {path} not found", "rerun the stage that writes it")
+    data = path.read_bytes()
+    _refuse_mismatch(path, sha256, hashlib.sha256(data).hexdigest())
+    return data
 
 
 def load(path: str | Path, sha256: str | None = None) -> Any:
@@ -103,7 +120,7 @@ def load(path: str | Path, sha256: str | None = None) -> Any:
 
     Args:
         path: the ``.skops`` file.
-        sha256: expected hex digest of the file; checked before parsing.
+        sha256: expected hex digest of the file; checked on the bytes then parsed.
 
     Raises:
         SlipwayError: the file is missing, its hash differs, or it holds an untrusted type.
@@ -111,9 +128,9 @@ def load(path: str | Path, sha256: str | None = None) -> Any:
     import skops.io as sio
 
     path = Path(path)
-    verify_file(path, sha256)
+    data = read_verified(path, sha256)
     try:
-        untrusted = sio.get_untrusted_types(file=path)
+        untrusted = sio.get_untrusted_types(data=data)
     except Exception as err:  # skops raises zipfile/json errors on garbled files
         raise SlipwayError(f"{path} is not a readable skops file: {err}",
                            "restore or regenerate the file") from None
@@ -123,4 +140,4 @@ def load(path: str | Path, sha256: str | None = None) -> Any:
             f"{path} holds types that are not on Slipway's trusted list: {', '.join(refused)}",
             "review the types and add them to components/safe_load.py TRUSTED_TYPES",
         )
-    return sio.load(path, trusted=list(untrusted))
+    return sio.loads(data, trusted=list(untrusted))

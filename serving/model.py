@@ -2,8 +2,10 @@
 
 A model version (written by ``components.package``) is served only after every file has
 matched the sha256 recorded in its ``lineage.json`` and the version id derived from those
-hashes has matched both the lineage and the store tag; the skops files are hashed again as
-they are parsed, so a file swapped between the check and the load is refused too.
+hashes has matched both the lineage and the store tag. Loading hashes each file again and
+parses the very bytes it hashed (skops, safetensors), so a file swapped between the check
+and the load is refused too; Keras opens ``model.keras`` only by path, right after its
+hash check.
 
 Which version to serve (``SLIPWAY_MODEL``, see :func:`resolve`):
 

@@ -545,10 +545,11 @@ class TorchTrainer(NetTrainer):
     @classmethod
     def load(cls, directory: Path, meta: dict[str, Any], hashes: dict[str, str]) -> Trainer:
         """Reopen a saved model on CPU (safetensors: no code runs while loading)."""
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError
+        from safetensors.torch import load as load_weights
 
         path = Path(directory) / MODEL_FILE
-        safe_load.verify_file(path, hashes.get(MODEL_FILE))
+        data = safe_load.read_verified(path, hashes.get(MODEL_FILE))
         trainer = cls(meta["task"], meta["estimator"], meta["hyperparameters"], meta["seed"],
                       image_shape=meta.get("image_shape"))
         trainer.device = meta.get("device", "cpu")  # where it was trained (lineage)
@@ -558,8 +559,8 @@ class TorchTrainer(NetTrainer):
         trainer.config = meta["architecture"]
         model = build_net(trainer.config)
         try:
-            model.load_state_dict(load_file(path, device="cpu"))
-        except (RuntimeError, OSError) as err:  # missing keys, wrong shapes, garbled file
+            model.load_state_dict(load_weights(data))  # the bytes that were hashed
+        except (RuntimeError, SafetensorError) as err:  # missing keys, wrong shapes, garbled
             raise SlipwayError(f"{path} does not hold the weights {META_FILE} describes: {err}",
                                "restore the model version or retrain it") from None
         trainer.model = model.eval()
