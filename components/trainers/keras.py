@@ -36,8 +36,8 @@ from components.trainers.loop import (
     announce,
     check_image_shape,
     epoch_line,
-    fingerprint,
     metric_name,
+    mixed_precision,
     n_outputs,
     say,
     target_scale,
@@ -77,30 +77,17 @@ def pick_device() -> tuple[str, tuple[int, int] | None]:
 
 
 def dtype_policy(precision: str, capability: tuple[int, int] | None) -> tuple[str, list[str]]:
-    """The Keras dtype policy of the hidden layers for a ``precision`` setting, and warnings
-    for what cannot be done as asked.
+    """The Keras dtype policy of the hidden layers for a ``precision`` setting (the rule is
+    :func:`~components.trainers.loop.mixed_precision`), and its warnings.
 
     Args:
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         capability: the GPU's CUDA compute capability, or None on CPU. bf16 is native from
             8.0 (Ampere) on.
     """
-    native_bf16 = capability is not None and capability >= (8, 0)
-    if precision == "auto":
-        if capability is None:
-            return "float32", []
-        return ("mixed_bfloat16" if native_bf16 else "mixed_float16"), []
-    if precision == "bf16":
-        warnings = [] if capability is None or native_bf16 else [
-            "this GPU has no native bf16: it is emulated, slowly; precision auto would use "
-            "fp16 with loss scaling"]
-        return "mixed_bfloat16", warnings
-    if precision == "fp16":
-        warnings = [] if capability is not None else [
-            "fp16 on a CPU is slow on most CPUs (bf16 is the CPU's mixed precision); "
-            "training in mixed_float16 with loss scaling as asked"]
-        return "mixed_float16", warnings
-    return "float32", []
+    gpu = capability is not None
+    kind, warnings = mixed_precision(precision, gpu, gpu and capability >= (8, 0))
+    return {None: "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[kind], warnings
 
 
 class KerasTrainer(NetTrainer):
@@ -224,8 +211,7 @@ class KerasTrainer(NetTrainer):
                 return np.asarray(t, dtype=np.int64)
             return ((np.asarray(t, dtype=np.float64) - mean) / std).astype(np.float32)
 
-        key = fingerprint({**self.describe(), "device": None, "n_outputs": outputs},
-                          x, y, x_val, y_val)
+        key = self.fit_key({"n_outputs": outputs, "policy": self.policy}, x, y, x_val, y_val)
         if self.checkpoint_dir is not None:
             _drop_other_checkpoint(self.checkpoint_dir, key)
         self.history = {}

@@ -240,6 +240,26 @@ def metric_name(task: str) -> str:
     return "accuracy" if task == "classification" else "mae"
 
 
+def mixed_precision(precision: str, gpu: bool, native_bf16: bool) -> tuple[str | None, list[str]]:
+    """What a ``precision`` setting means on this device, for either framework: ``"bf16"``,
+    ``"fp16"`` (with loss scaling) or None (float32), and warnings where it will be slow.
+
+    Args:
+        precision: one of :data:`PRECISIONS`.
+        gpu: training on a CUDA GPU.
+        native_bf16: that GPU computes bf16 natively (Ampere and newer).
+    """
+    if precision == "auto":
+        return ("bf16" if native_bf16 else "fp16") if gpu else None, []
+    if precision == "bf16" and gpu and not native_bf16:
+        return "bf16", ["this GPU has no native bf16: it is emulated, slowly; precision auto "
+                        "would use fp16 with loss scaling"]
+    if precision == "fp16" and not gpu:
+        return "fp16", ["fp16 on a CPU is slow on most CPUs (bf16 is the CPU's mixed "
+                        "precision); training in fp16 with loss scaling as asked"]
+    return (None if precision == "fp32" else precision), []
+
+
 def fingerprint(config: dict[str, Any], *arrays: np.ndarray | None) -> str:
     """A digest of the fit's settings and data: a checkpoint resumes only the same fit."""
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
@@ -305,3 +325,11 @@ class NetTrainer(Trainer):
         self.settings = net_settings(self.framework, estimator, hyperparameters)
         self.hyperparameters = self.settings.as_dict()  # as used, recorded in trainer.json
         self.image_shape = check_image_shape(estimator, self.image_shape)
+
+    def fit_key(self, arithmetic: dict[str, Any], *arrays: np.ndarray | None) -> str:
+        """The digest a checkpoint must match to be resumed: the settings, the arithmetic
+        chosen for this device and the data; not the device itself (a fit killed on one
+        machine may resume on another) nor the loader workers (they do not change a fit)."""
+        settings = {k: v for k, v in self.hyperparameters.items() if k != "num_workers"}
+        return fingerprint({**self.describe(), "device": None, "hyperparameters": settings,
+                            **arithmetic}, *arrays)

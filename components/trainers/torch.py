@@ -42,8 +42,8 @@ from components.trainers.loop import (
     announce,
     check_image_shape,
     epoch_line,
-    fingerprint,
     metric_name,
+    mixed_precision,
     n_outputs,
     say,
     target_scale,
@@ -70,8 +70,12 @@ class DevicePlan:
     device: torch.device
     amp_dtype: torch.dtype | None  # autocast's dtype; None: float32 throughout
     channels_last: bool            # CNN weights and image batches in NHWC memory order
-    pin_memory: bool               # batches and validation data in page-locked memory
     workers: int                   # DataLoader worker processes
+
+    @property
+    def pin_memory(self) -> bool:
+        """Batches in page-locked memory: on CUDA, so host-to-device copies run async."""
+        return self.device.type == "cuda"
 
     @property
     def loss_scaling(self) -> bool:
@@ -108,20 +112,9 @@ def device_plan(device: torch.device, estimator: str, settings: NetSettings,
         settings: the validated hyperparameters.
         native_bf16: whether the GPU computes in bf16 natively (Ampere and newer).
     """
-    cuda, warnings = device.type == "cuda", []
-    amp: torch.dtype | None = None
-    if settings.precision == "auto" and cuda:
-        amp = torch.bfloat16 if native_bf16 else torch.float16
-    elif settings.precision == "bf16":
-        amp = torch.bfloat16
-        if cuda and not native_bf16:
-            warnings.append("this GPU has no native bf16: torch emulates it, slowly; "
-                            "precision auto would use fp16 with loss scaling")
-    elif settings.precision == "fp16":
-        amp = torch.float16
-        if not cuda:
-            warnings.append("fp16 on a CPU is slow on most CPUs (bf16 is the CPU's mixed "
-                            "precision); training in fp16 with loss scaling as asked")
+    cuda = device.type == "cuda"
+    kind, warnings = mixed_precision(settings.precision, cuda, native_bf16)
+    amp = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[kind]
     channels_last = settings.channels_last
     if channels_last is None:
         channels_last = estimator == "cnn" and cuda
@@ -131,7 +124,7 @@ def device_plan(device: torch.device, estimator: str, settings: NetSettings,
     # while competing with the training step for the same cores.
     workers = settings.num_workers
     workers = (2 if cuda else 0) if workers is None else workers
-    return DevicePlan(device, amp, channels_last, cuda, workers), warnings
+    return DevicePlan(device, amp, channels_last, workers), warnings
 
 
 def cpu_quota() -> int | None:
@@ -238,7 +231,7 @@ class TorchTrainer(NetTrainer):
         self.config: dict[str, Any] | None = None  # architecture, known once fit sees data
         self.model: torch.nn.Module | None = None
         # Where self.model sits and how it computes there (fit chooses; loaded models: CPU).
-        self._plan = DevicePlan(torch.device("cpu"), None, False, False, 0)
+        self._plan = DevicePlan(torch.device("cpu"), None, False, 0)
 
     # ----------------------------------------------------------------- building blocks
 
@@ -371,9 +364,8 @@ class TorchTrainer(NetTrainer):
 
             progress, best_state = _Progress(), None
             ckpt = self.checkpoint_dir / CHECKPOINT_FILE if self.checkpoint_dir else None
-            # Not the device: a fit killed on one machine may resume on another.
-            key = fingerprint({**self.describe(), "device": None, "architecture": self.config},
-                              x, y, x_val, y_val)
+            key = self.fit_key({"architecture": self.config, "amp": str(self._plan.amp_dtype),
+                                "channels_last": self._plan.channels_last}, x, y, x_val, y_val)
             restored = _read_checkpoint(ckpt, key) if ckpt else None
             if restored is not None:
                 progress, best_state = self._restore(restored, model, optimizer, scheduler,

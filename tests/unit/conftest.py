@@ -17,6 +17,16 @@ from components.preprocess import preprocess
 from components.split import split
 from components.train import train
 
+
+@pytest.fixture(autouse=True)
+def fresh_announcements():
+    """The trainers say where and how they train (and their warnings) once per process;
+    each test starts as a new process would, whatever ran before it."""
+    from components.trainers import loop
+
+    loop._announced.clear()
+
+
 CLF_FEATURES = {"x1": "numeric", "x2": "numeric", "color": "categorical"}
 REG_FEATURES = {"x1": "numeric", "x2": "numeric"}
 

@@ -426,6 +426,21 @@ def test_checkpoint_of_another_fit_is_ignored(tmp_path, iris, capsys):
     _assert_same_weights(_weights(other), _weights(fresh))
 
 
+def test_checkpoint_key_follows_the_arithmetic_not_the_workers(tmp_path, iris, capsys):
+    """Loader workers do not change a fit, so its checkpoint still resumes; another
+    precision does, so the checkpoint is not restored into it."""
+    (x, y), (xv, yv), _ = iris
+    hp = {**SMALL_MLP, "epochs": 2}
+    TorchTrainer("classification", "mlp", hp, 0, checkpoint_dir=tmp_path).fit(x, y, xv, yv)
+    capsys.readouterr()
+    TorchTrainer("classification", "mlp", {**hp, "num_workers": 1}, 0,
+                 checkpoint_dir=tmp_path).fit(x, y, xv, yv)
+    assert "resuming from" in capsys.readouterr().err
+    TorchTrainer("classification", "mlp", {**hp, "precision": "bf16"}, 0,
+                 checkpoint_dir=tmp_path).fit(x, y, xv, yv)
+    assert "from a different fit" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------- bad settings
 
 def test_unknown_estimator_suggests_a_name():
