@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 # Peak dense bf16 tensor-core throughput, FLOP/s (vendor datasheets, without sparsity), by a
-# part of the name torch reports; the more specific names first. The T4 has no bf16 tensor
-# cores: its figure is fp16's, which is what autocast uses there.
+# part of the name torch reports; the more specific names first. Cards without native bf16
+# (T4, V100) are skipped: the benchmark measures bf16.
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12, "H100": 989e12,
-             "GH200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "T4": 65e12}
+             "GH200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 
 
 def peak_bf16(gpu_name: str) -> float | None:
@@ -298,6 +298,8 @@ def gpu_resnet(repeat: int, batch: int = 512, steps: int = 50) -> dict[str, Any]
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device on this machine"}
     name = torch.cuda.get_device_name(0)
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
+        return {"skipped": f"{name} has no native bf16 (the benchmark measures bf16)"}
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convs
     return {"gpu": name, **resnet_throughput("cuda", batch, steps, repeat,
                                              peak=peak_bf16(name))}

@@ -27,8 +27,6 @@ RECORD_BYTES = 1 + PIXELS  # label byte + pixels
 # batches.meta.txt order: label byte i names CLASSES[i].
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
-TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
-TEST_FILE = "test_batch.bin"
 
 
 def _read_one(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -81,19 +79,6 @@ def read_cifar10(paths: str | Path | Iterable[str | Path]) -> tuple[np.ndarray, 
     if len(parts) == 1:
         return parts[0]
     return (np.concatenate([p for p, _ in parts]), np.concatenate([lab for _, lab in parts]))
-
-
-def batch_files(directory: str | Path) -> tuple[list[Path], Path]:
-    """The five training batches and the test batch of an unpacked CIFAR-10 directory."""
-    directory = Path(directory)
-    train = [directory / name for name in TRAIN_FILES]
-    missing = [p.name for p in [*train, directory / TEST_FILE] if not p.is_file()]
-    if missing:
-        raise SlipwayError(
-            f"{directory} is not a CIFAR-10 binary directory: {', '.join(missing)} missing",
-            "point to the unpacked cifar-10-batches-bin folder",
-        )
-    return train, directory / TEST_FILE
 
 
 def write_cifar10(path: str | Path, pixels: np.ndarray, labels: np.ndarray) -> None:

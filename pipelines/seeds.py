@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from components.errors import did_you_mean
 from components.io import write_json
 
 
@@ -164,10 +165,15 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated subset of: {', '.join(WORKFLOWS)}")
     parser.add_argument("--json", default="reports/seeds.json", help="where to write results")
     args = parser.parse_args(argv)
+    names = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in names if name not in WORKFLOWS]
+    if unknown or not names:
+        parser.error(f"unknown workflow {unknown[0]!r}: {did_you_mean(unknown[0], WORKFLOWS)}"
+                     if unknown else "--only names no workflow")
     checks: list[Check] = []
-    for name in args.only.split(","):
+    for name in names:
         print(f"seeds: running {name} ...", file=sys.stderr, flush=True)
-        checks += WORKFLOWS[name.strip()]()
+        checks += WORKFLOWS[name]()
     width = max(len(c.workflow) for c in checks)
     print(f"\n{'workflow':{width}}  {'quantity':16} {'expected':>9} {'measured':>10}  result")
     for c in checks:

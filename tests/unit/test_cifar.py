@@ -9,9 +9,6 @@ from components.cifar import (
     CLASSES,
     IMAGE_SHAPE,
     RECORD_BYTES,
-    TEST_FILE,
-    TRAIN_FILES,
-    batch_files,
     read_cifar10,
     write_cifar10,
 )
@@ -102,17 +99,6 @@ def test_empty_and_missing_files(tmp_path):
         read_cifar10(tmp_path / "nothing.bin")
     with pytest.raises(SlipwayError, match="no CIFAR files"):
         read_cifar10([])
-
-
-def test_batch_files_of_an_unpacked_directory(tmp_path):
-    for name in (*TRAIN_FILES, TEST_FILE):
-        write_cifar10(tmp_path / name, *_records(1))
-    train, test = batch_files(tmp_path)
-    assert [p.name for p in train] == [f"data_batch_{i}.bin" for i in range(1, 6)]
-    assert test.name == "test_batch.bin"
-    (tmp_path / "data_batch_4.bin").unlink()
-    with pytest.raises(SlipwayError, match="data_batch_4.bin missing"):
-        batch_files(tmp_path)
 
 
 def test_writer_rejects_values_that_are_not_bytes(tmp_path):
