@@ -118,10 +118,10 @@ def device_plan(device: torch.device, estimator: str, settings: NetSettings,
     channels_last = settings.channels_last
     if channels_last is None:
         channels_last = estimator == "cnn" and cuda
-    # Workers only pay on CUDA, where they slice and pin the next batches while the GPU
-    # computes. On CPU the data are already in-memory tensors: slicing a batch costs
-    # microseconds, and workers would add process start-up and inter-process copies
-    # while competing with the training step for the same cores.
+    # Workers only pay on CUDA, where they slice the next batches (and the loader's pin
+    # thread pins them) while the GPU computes. On CPU the data are already in-memory
+    # tensors: slicing a batch costs microseconds, and workers would add process start-up
+    # and inter-process copies while competing with the training step for the same cores.
     workers = settings.num_workers
     workers = (2 if cuda else 0) if workers is None else workers
     return DevicePlan(device, amp, channels_last, workers), warnings
@@ -357,10 +357,9 @@ class TorchTrainer(NetTrainer):
             generator = torch.Generator().manual_seed(self.seed)
             loader = self._loader(self._tensor(x), torch.from_numpy(_writable(y)), generator)
             val = None
-            if x_val is not None:
-                xv, yv = self._tensor(x_val), torch.from_numpy(_writable(y_val))
-                val = (xv.pin_memory(), yv.pin_memory()) if self._plan.pin_memory \
-                    else (xv, yv)
+            if x_val is not None:  # on the device once: every epoch evaluates the same rows
+                val = (self._to_device(self._tensor(x_val)),
+                       torch.from_numpy(_writable(y_val)).to(self._device))
 
             progress, best_state = _Progress(), None
             ckpt = self.checkpoint_dir / CHECKPOINT_FILE if self.checkpoint_dir else None
@@ -455,12 +454,12 @@ class TorchTrainer(NetTrainer):
 
     @torch.inference_mode()
     def _evaluate(self, model, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """Loss and metric over validation rows already on the device (see fit)."""
         model.eval()
         loss_sum = torch.zeros((), device=self._device)
         metric_sum = torch.zeros((), device=self._device)
         for start in range(0, len(x), EVAL_BATCH):
-            xb = self._to_device(x[start:start + EVAL_BATCH])
-            yb = y[start:start + EVAL_BATCH].to(self._device, non_blocking=True)
+            xb, yb = x[start:start + EVAL_BATCH], y[start:start + EVAL_BATCH]
             with self._plan.autocast():
                 out = model(xb)
             loss_sum += self._loss(model, out, yb) * len(yb)
@@ -486,10 +485,8 @@ class TorchTrainer(NetTrainer):
             scaler.load_state_dict(meta["scaler"])
         torch.set_rng_state(part["rng"]["cpu"])
         generator.set_state(part["rng"]["loader"])
-        cuda_states = [part["rng"][k] for k in sorted(part["rng"]) if k.startswith("cuda.")]
-        if cuda_states and torch.cuda.is_available() \
-                and len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
+        if "cuda" in part["rng"] and torch.cuda.is_available():  # the training GPU's
+            torch.cuda.set_rng_state(part["rng"]["cuda"])
         return _Progress(**meta["progress"]), (part["best"] or None)
 
     # ---------------------------------------------------------------------- predicting
@@ -589,9 +586,8 @@ def _write_checkpoint(path, key, model, optimizer, scheduler, scaler, generator,
                 other.setdefault(str(pid), {})[name] = value
     tensors["rng.cpu"] = torch.get_rng_state()
     tensors["rng.loader"] = generator.get_state()
-    if torch.cuda.is_available():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i:03d}"] = state
+    if torch.cuda.is_available():  # the GPU the fit runs on (pick_device's current one)
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta = {
         "fingerprint": key,
         "progress": asdict(progress),
