@@ -40,6 +40,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -95,33 +96,29 @@ def server_command(server: str, port: int) -> list[str]:
     return [*bentoml, "serving.service:Slipway"]
 
 
-class Server:
-    """A server subprocess in its own process group, stopped with SIGTERM."""
+class ServerProcess:
+    """A server subprocess on a free port of 127.0.0.1, in its own process group, logging to
+    ``log_path``; stopped with SIGTERM. ``tests/serving/test_server.py`` uses it too.
 
-    def __init__(self, server: str, tag: str, log_dir: Path) -> None:
-        self.name = server
+    Its environment is the caller's without any ``SLIPWAY_*`` variable, plus ``env``: a
+    setting left in the caller's shell would change the server under test (with
+    ``SLIPWAY_API_TOKEN`` set, every request would get 401).
+    """
+
+    def __init__(self, command: Callable[[int], list[str]], env: dict[str, str],
+                 log_path: Path) -> None:
         self.port = free_port()
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"{server}.log"
-        env = {**os.environ, "SLIPWAY_MODEL": tag, "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen(server_command(server, self.port), cwd=REPO, env=env,
-                                     stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.url = f"http://{HOST}:{self.port}"
+        self.log_path = log_path
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
+        full_env.update(env, PYTHONPATH=str(REPO))
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("w") as log:
+            self.proc = subprocess.Popen(command(self.port), cwd=REPO, env=full_env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"{self.name} server exited; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{self.port}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.25)
-        self.stop()
-        raise SystemExit(f"{self.name} server not ready after {timeout:.0f} s; see {self.log_path}")
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -131,6 +128,30 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+class Server(ServerProcess):
+    """One of ``SERVERS``, serving model ``tag``."""
+
+    def __init__(self, server: str, tag: str, log_dir: Path) -> None:
+        self.name = server
+        super().__init__(lambda port: server_command(server, port), {"SLIPWAY_MODEL": tag},
+                         log_dir / f"{server}.log")
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{self.name} server exited; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise SystemExit(f"{self.name} server not ready after {timeout:.0f} s; see {self.log_path}")
 
 
 # ---- measurements ------------------------------------------------------------------------

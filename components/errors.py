@@ -27,10 +27,16 @@ class SlipwayError(Exception):
         return f"{self.message}\n  fix: {self.fix}" if self.fix else self.message
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """A 'did you mean ...?' hint for a misspelt name, or a list of the valid names."""
+def did_you_mean(word: str, choices: Iterable[str], listing: bool = True) -> str:
+    """A 'did you mean ...?' hint for a misspelt name, or a list of the valid names.
+
+    ``listing=False`` gives only the hint ("" when nothing is close): for callers that say
+    elsewhere where the valid names are, or where the list could be long.
+    """
     choices = sorted(str(c) for c in choices)
     close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    if not listing:
+        return f"did you mean {close[0]!r}?" if close else ""
     if close:
         return f"did you mean {close[0]!r}? (valid: {', '.join(choices)})"
     return f"valid: {', '.join(choices)}"

@@ -30,6 +30,7 @@ from components.io import atomic_dir, file_hash, read_json, write_json
 LINEAGE_FILE = "lineage.json"
 METRICS_FILE = "metrics.json"
 EVALUATION_FILE = "evaluation.json"
+BENTOML_MODULE = "slipway"  # the model store's module name: marks a model as Slipway's
 LIBRARIES = ("scikit-learn", "numpy", "pandas", "pyarrow", "skops", "kfp", "bentoml", "dvc",
              "torch", "tensorflow", "keras")
 
@@ -199,7 +200,7 @@ def register(version_dir: str | Path, model_name: str) -> str:
         "commit": lineage["code"]["commit"] or "unknown",
         **{f"test_{k}": v for k, v in lineage["metrics"].items()},
     }
-    with bentoml.models.create(tag, labels=labels, metadata=meta, module="slipway") as model:
+    with bentoml.models.create(tag, labels=labels, metadata=meta, module=BENTOML_MODULE) as model:
         for src in Path(version_dir).iterdir():
             if src.is_file():
                 shutil.copy2(src, Path(model.path) / src.name)

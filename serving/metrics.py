@@ -40,7 +40,7 @@ INVALID_REASONS = (
     "too_many_instances",
     "empty", "wrong_type", "wrong_length", "wrong_shape", "missing_key", "unknown_key",
     "missing_feature", "unknown_feature", "duplicate_feature", "non_finite", "out_of_range",
-    "unknown_category", "unsupported_format", "not_acceptable", "unauthorized",
+    "unknown_category", "unsupported_format", "unauthorized",
 )
 
 

@@ -32,7 +32,6 @@ import numpy as np
 from components.errors import SlipwayError
 from serving.schema import InputSchema, RawRows
 
-MODULE = "slipway"  # the module name components.package.register gives Slipway models
 JSON_FILES = ("schema.json", "training.json", "metrics.json", "trainer.json")
 STORE_MANIFEST = "model.yaml"  # written by BentoML into every model store entry
 
@@ -52,6 +51,8 @@ def resolve(spec: str | None) -> Any:
     import bentoml
     from bentoml.exceptions import BentoMLException, NotFound
 
+    from components.package import BENTOML_MODULE  # not at the top: it imports pandas
+
     spec = (spec or "").strip()
     try:
         if ":" in spec:
@@ -62,12 +63,12 @@ def resolve(spec: str | None) -> Any:
                     f"model {spec} is not in the BentoML model store ({_store_hint()})",
                     "list the models with `bentoml models list`, or train one with `make run`",
                 ) from None
-            if model.info.module != MODULE:
+            if model.info.module != BENTOML_MODULE:
                 raise SlipwayError(f"model {model.tag} was not packaged by Slipway "
                                    f"(module {model.info.module!r})",
                                    "serve a model registered by `make run`")
             return model
-        models = [m for m in bentoml.models.list() if m.info.module == MODULE]
+        models = [m for m in bentoml.models.list() if m.info.module == BENTOML_MODULE]
     except BentoMLException as err:
         raise SlipwayError(f"cannot read the BentoML model store: {err}",
                            "check BENTOML_HOME") from None
@@ -120,20 +121,17 @@ class LoadedModel:
     only reads the fitted objects) and is called from the service's inference thread.
     """
 
-    def __init__(self, name: str, path: Path, lineage: dict[str, Any], docs: dict[str, Any],
+    def __init__(self, name: str, lineage: dict[str, Any], docs: dict[str, Any],
                  transformer: Any, trainer: Any) -> None:
         self.name = name
-        self.path = path
         self.lineage = lineage
         self.version: str = lineage["version"]
         self.schema: dict[str, Any] = docs["schema.json"]
-        self.training: dict[str, Any] = docs["training.json"]
         self.metrics: dict[str, Any] = docs["metrics.json"]
-        self.trainer_meta: dict[str, Any] = docs["trainer.json"]
         self.transformer = transformer
         self.trainer = trainer
         self.task: str = self.schema["task"]
-        self.classes: list[str] | None = (self.training.get("classes")
+        self.classes: list[str] | None = (docs["training.json"].get("classes")
                                           if self.task == "classification" else None)
         self.names = [f["name"] for f in self.schema["features"]]
         self._numeric = [f["name"] for f in self.schema["features"] if f["type"] == "numeric"]
@@ -176,7 +174,7 @@ class LoadedModel:
         docs = {name_: _read_verified_json(path / name_, hashes[name_]) for name_ in JSON_FILES}
         transformer = safe_load.load(path / TRANSFORMER_FILE, hashes[TRANSFORMER_FILE])
         trainer = load_trainer(path, hashes)
-        return cls(name, path, lineage, docs, transformer, trainer)
+        return cls(name, lineage, docs, transformer, trainer)
 
     def input_schema(self, max_instances: int, range_margin: float) -> InputSchema:
         return InputSchema(self.schema, max_instances=max_instances, range_margin=range_margin)

@@ -134,16 +134,15 @@ class ModelRuntime:
 
     async def predict(self, rows: RawRows) -> Prediction:
         """Predict through the adaptive batcher; large requests go as ``max_batch_rows``
-        chunks, so small requests queued meanwhile are not stuck behind one huge call."""
+        chunks, one after another, so small requests queued meanwhile go between them
+        instead of waiting for the whole large request."""
         assert self._batcher is not None and self.settings is not None
         step = self.settings.max_batch_rows
         if len(rows) <= step:
             return await self._batcher.submit(rows)
-        import asyncio
-
-        parts = await asyncio.gather(*(self._batcher.submit(rows.slice(i, i + step))
-                                       for i in range(0, len(rows), step)))
-        return Prediction.concat(list(parts))
+        parts = await self._batcher.submit_each(rows.slice(i, i + step)
+                                                for i in range(0, len(rows), step))
+        return Prediction.concat(parts)
 
     def _run_batch(self, parts: list[RawRows]) -> list[Prediction]:
         """One model call for several requests (runs in the inference thread)."""

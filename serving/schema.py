@@ -23,7 +23,6 @@ binary body they are more often a bug upstream than a deliberate missing value.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -31,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from components.errors import did_you_mean
+
 # Content types of the binary path (and the JSON one). Arrow's are the IANA-registered ones.
 JSON_TYPE = "application/json"
 NPY_TYPE = "application/x-npy"
 ARROW_STREAM_TYPE = "application/vnd.apache.arrow.stream"
 ARROW_FILE_TYPE = "application/vnd.apache.arrow.file"
-BINARY_TYPES = (NPY_TYPE, ARROW_STREAM_TYPE, ARROW_FILE_TYPE)
 
 _NUMBER_TYPES = frozenset({int, float})
 _MISSING = type(None)
@@ -146,8 +146,9 @@ def _show(value: Any, limit: int = 40) -> str:
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """`` (did you mean 'x'?)`` or nothing: the messages say where the valid names are."""
+    hint = did_you_mean(word, choices, listing=False)
+    return f" ({hint})" if hint else ""
 
 
 class InputSchema:

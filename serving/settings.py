@@ -25,7 +25,6 @@ read at import time: :func:`Settings.from_env` is called by the service's ``__in
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,23 +56,15 @@ class Settings(BaseModel):
     range_margin: float = Field(0.5, ge=0)
     drift_window: int = Field(1000, ge=10, le=10_000_000)
 
-    @field_validator("model", "api_token", mode="before")
+    @field_validator("model", "api_token", "api_token_file", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("api_token_file", mode="before")
-    @classmethod
-    def _blank_path_is_unset(cls, value: Any) -> Any:
+        """A blank ``SLIPWAY_X=`` means unset, not an empty token, path or model spec."""
         return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def auth_enabled(self) -> bool:
         return self.api_token is not None or self.api_token_file is not None
-
-    @property
-    def range_check(self) -> bool:
-        return math.isfinite(self.range_margin)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -1,4 +1,5 @@
-"""The adaptive micro-batcher (serving/batching.py) with a real thread executor."""
+"""The adaptive micro-batcher (serving/batching.py) with a real thread executor, and the
+runtime's chunking of large requests through it (serving/runtime.py)."""
 
 from __future__ import annotations
 
@@ -135,3 +136,91 @@ def test_close_cancels_waiting_requests(n):
 
     results = run(main())
     assert any(isinstance(r, asyncio.CancelledError) for r in results[1:])
+
+
+class Gated(Recorder):
+    """A Recorder whose first call waits until the test opens ``gate``, so the test knows
+    what is queued while it runs."""
+
+    def __init__(self) -> None:
+        super().__init__(seconds=0.0)
+        self.gate = threading.Event()
+
+    def __call__(self, items):
+        out = super().__call__(items)
+        if len(self.calls) == 1:
+            assert self.gate.wait(10), "the test never opened the gate"
+        return out
+
+
+async def until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+def test_a_small_request_goes_between_the_chunks_of_a_large_one():
+    model = Gated()
+    done: list[str] = []
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(model, pool, max_rows=2)
+            large = asyncio.ensure_future(batcher.submit_each([[1, 2], [3, 4], [5, 6]]))
+            large.add_done_callback(lambda _: done.append("large"))
+            await until(lambda: model.calls)  # the first chunk is in the model
+            small = asyncio.ensure_future(batcher.submit([9]))
+            small.add_done_callback(lambda _: done.append("small"))
+            await asyncio.sleep(0.01)  # queued behind the running chunk
+            model.gate.set()
+            results = await large, await small
+            await batcher.close()
+            return results
+
+    large, small = run(main())
+    assert large == [[10, 20], [30, 40], [50, 60]] and small == [90]
+    assert model.calls == [[[1, 2]], [[9]], [[3, 4]], [[5, 6]]]
+    assert done == ["small", "large"]
+
+
+def test_runtime_cuts_a_large_request_into_chunks_that_let_a_small_one_through(bc_model):
+    from prometheus_client import CollectorRegistry
+
+    from serving.metrics import ServingMetrics
+    from serving.runtime import ModelRuntime
+    from serving.settings import Settings
+
+    runtime = ModelRuntime(Settings(model=bc_model.tag, max_batch_rows=10),
+                           ServingMetrics(CollectorRegistry()))
+    runtime.load()
+    assert runtime.ready, runtime.error
+    loaded = runtime.model
+    predict, sizes = loaded.predict, []
+    gate = threading.Event()
+
+    def gated_predict(rows):  # the real model, held on its first call until the test says
+        sizes.append(len(rows))
+        if len(sizes) == 1:
+            assert gate.wait(10), "the test never opened the gate"
+        return predict(rows)
+
+    loaded.predict = gated_predict
+    rows = bc_model.instances(35)
+    large_rows = runtime.schema.from_json({"instances": rows})
+    small_rows = runtime.schema.from_json({"instances": rows[:1]})
+
+    async def main():
+        large = asyncio.ensure_future(runtime.predict(large_rows))
+        await until(lambda: sizes)
+        small = asyncio.ensure_future(runtime.predict(small_rows))
+        await asyncio.sleep(0.01)
+        gate.set()
+        small_answer = await small
+        assert not large.done()  # the small request did not wait for the whole large one
+        answers = await large, small_answer
+        await runtime.close()
+        return answers
+
+    large, small = run(main())
+    assert sizes == [10, 1, 10, 10, 5]
+    assert loaded.labels(large.outputs) == bc_model.expected_labels[:35]
+    assert loaded.labels(small.outputs) == bc_model.expected_labels[:1]

@@ -40,14 +40,28 @@ def test_window_forgets_old_rows():
     assert monitor.psi()["x"] < 0.01 < shifted
 
 
+def only(x: np.ndarray, c: list) -> dict[str, float]:
+    """The PSI of a fresh window of 10 fed exactly these rows."""
+    fresh = DriftMonitor(FEATURES, window=10)
+    feed(fresh, x, c)
+    return fresh.psi()
+
+
 def test_wraparound_and_batches_larger_than_the_window():
     monitor = DriftMonitor(FEATURES, window=10)
-    for start in range(0, 37, 7):
-        feed(monitor, np.arange(start, start + 7) % 4 + 0.5, ["a"] * 7)
+    xs, cs = [], []
+    for k, start in enumerate(range(0, 37, 7)):  # 6 batches of 7: the ring wraps mid-batch
+        x, c = np.arange(start, start + 7) % 4 + 0.5, ["a" if k % 2 else "b"] * 7
+        feed(monitor, x, c)
+        xs.extend(x)
+        cs.extend(c)
     assert monitor.rows == 10
+    last = only(np.array(xs[-10:]), cs[-10:])
+    assert monitor.psi() == pytest.approx(last)
+    assert last["c"] > 0.1  # 3 'b', 7 'a': not the even mix of all 42 rows
     feed(monitor, np.full(25, 0.5), ["b"] * 25)
     assert monitor.rows == 10
-    assert monitor.psi()["x"] == pytest.approx(monitor.psi()["x"])  # stable
+    assert monitor.psi() == pytest.approx(only(np.full(10, 0.5), ["b"] * 10))
     assert monitor.psi()["c"] > 1.0
 
 

@@ -113,6 +113,17 @@ def test_bad_json_bodies_name_the_field(schema, body, reason, field):
     assert field.split(".")[-1].split("[")[0] in err.message or field == "body"
 
 
+def test_misspelt_names_get_a_hint_without_the_list_of_valid_names(schema):
+    row = {"width": 1, "colour": "red", "height": 0}
+    for body, hint in (({"instances": [{**row, "hieght": 1}]}, " (did you mean 'height'?)"),
+                       ({"instance": []}, " (did you mean 'instances'?)"),
+                       ({"instances": [{**row, "colour": "rde"}]}, " (did you mean 'red'?)")):
+        message = refused(schema.from_json, body).message
+        assert hint in message and "valid:" not in message
+    far = refused(schema.from_json, {"instances": [{**row, "zz": 1}]}).message
+    assert "did you mean" not in far and "valid:" not in far
+
+
 def test_too_many_instances_is_413_and_points_to_the_binary_path(schema):
     err = refused(schema.from_json, {"instances": [[1, "red", 0]] * 6})
     assert (err.status, err.reason) == (413, "too_many_instances")

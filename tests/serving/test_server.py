@@ -23,38 +23,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.serve import ServerProcess, free_port
+
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 TOKEN = "server-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``bentoml serve serving.service:Slipway`` on a free port of 127.0.0.1."""
+class Server(ServerProcess):
+    """``bentoml serve serving.service:Slipway`` with the settings in ``env`` (and no others)."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
-        full_env.update(env, PYTHONPATH=str(REPO))
-        self.proc = subprocess.Popen(
-            [BENTOML, "serve", "serving.service:Slipway", "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            cwd=REPO, env=full_env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+        super().__init__(lambda port: [BENTOML, "serve", "serving.service:Slipway", "--host",
+                                       "127.0.0.1", "--port", str(port)], env, log)
 
     def wait_for(self, path: str, status: int = 200, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -73,15 +56,6 @@ class Server:
         while text not in self.log_text():
             assert time.monotonic() < deadline, f"no {text!r} in:\n{self.log_text()[-3000:]}"
             time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 def private_store(root: Path, tag: str) -> Path:

@@ -1,8 +1,9 @@
 """The BentoML service in-process, through ``Slipway.to_asgi()``: the breast_cancer model.
 
-Predictions are compared with the model called in-process; every kind of bad input is
-checked for a 4xx that names the field; auth, probes, not-ready states and metrics too.
-The same behaviour against a real ``bentoml serve`` process is in test_server.py.
+Predictions (JSON and ``.npy``) are compared with the model called in-process; every kind of
+bad input is checked for a 4xx that names the field; probes, the body cap and metrics too.
+Auth and not-ready states are in test_service_asgi_config.py; the same behaviour against a
+real ``bentoml serve`` process is in test_server.py.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import pytest
 
 from tests.serving.asgi_helpers import check_predictions, post_json
 from tests.serving.conftest import serving_client
-
-TOKEN = "test-token-0123456789"
 
 
 @pytest.fixture(scope="module")

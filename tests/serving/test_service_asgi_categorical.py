@@ -1,8 +1,9 @@
 """The service in-process (``to_asgi()``) on a model with a categorical feature and nulls.
 
-Predictions are compared with the model called in-process; every kind of bad input is
-checked for a 4xx that names the field; auth, probes, not-ready states and metrics too.
-The same behaviour against a real ``bentoml serve`` process is in test_server.py.
+Predictions from JSON rows and columns and from an Arrow body with nulls (answered as Arrow)
+are compared with the model called in-process; ``/metadata`` is checked for categories,
+ranges, metrics and lineage; bad categorical values for the 4xx that names them, and
+``.npy`` for its 415 on a model with categorical features.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import pytest
 
 from tests.serving.asgi_helpers import check_predictions, post_json
 from tests.serving.conftest import serving_client
-
-TOKEN = "test-token-0123456789"
 
 
 @pytest.fixture(scope="module")

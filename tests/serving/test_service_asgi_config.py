@@ -1,10 +1,9 @@
 """The service in-process (``to_asgi()``) under other settings: auth, damaged models.
 
-Each test starts its own service instance (BentoML keeps one current instance per process).
-
-Predictions are compared with the model called in-process; every kind of bad input is
-checked for a 4xx that names the field; auth, probes, not-ready states and metrics too.
-The same behaviour against a real ``bentoml serve`` process is in test_server.py.
+Auth from ``SLIPWAY_API_TOKEN`` and from a token file (everything but the probes and
+``/metrics`` needs it); and the not-ready states: an unreadable token file, a tampered model
+file, an unknown model, an invalid setting. Each test starts its own service instance
+(BentoML keeps one current instance per process).
 """
 
 from __future__ import annotations

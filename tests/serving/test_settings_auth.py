@@ -23,6 +23,9 @@ def test_defaults_and_overrides():
     assert s.max_concurrency == 3 and math.isinf(s.range_margin) and s.auth_enabled
     assert s.model is None
     assert "t0k" not in repr(s)
+    blank = Settings.from_env({"SLIPWAY_API_TOKEN": "", "SLIPWAY_API_TOKEN_FILE": " "})
+    assert blank.api_token is None and blank.api_token_file is None
+    assert not blank.auth_enabled
 
 
 def test_invalid_values_are_named():
