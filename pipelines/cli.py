@@ -42,18 +42,30 @@ def compile_all(params: Params, out_dir: str | Path, names: list[str] | None = N
     return written
 
 
-def _check_trials(params: Params) -> None:
-    """Every trial of the search space names a model and settings its backend knows."""
+def _check_trainers(params: Params, pipeline: str) -> None:
+    """``train`` (and, for tuning, every trial of the search space) names a model and
+    settings its backend knows, for the dataset's task.
+
+    Building the trainer is what the train task does first; doing it here turns a mistyped
+    estimator or hyperparameter into exit status 2 before ingest starts, instead of a
+    failed task minutes later.
+    """
     from components.ingest import image_shape
     from components.trainers import get_trainer
     from components.tune import generate_trials
 
-    spec = params.dataset_spec
-    for trial in generate_trials(params.tune, params.train):
+    spec, train = params.dataset_spec, params.train
+    try:
+        get_trainer(train.framework, spec.task, train.estimator,
+                    train.chosen_hyperparameters(), train.seed, image_shape=image_shape(spec))
+    except SlipwayError as err:
+        raise SlipwayError(f"train: {err.message}", err.fix) from None
+    if pipeline != "tuning":
+        return
+    for trial in generate_trials(params.tune, train):
         try:
             get_trainer(trial["framework"], spec.task, trial["estimator"],
-                        trial["hyperparameters"], params.train.seed,
-                        image_shape=image_shape(spec))
+                        trial["hyperparameters"], train.seed, image_shape=image_shape(spec))
         except SlipwayError as err:
             raise SlipwayError(
                 f"tune.search_space: {trial['framework']}/{trial['estimator']}: {err.message}",
@@ -62,10 +74,9 @@ def _check_trials(params: Params) -> None:
 
 
 def _preflight(params: Params, pipeline: str) -> None:
-    """Fail before starting any task when the data file is not there, or (tuning) a trial
-    names a model or setting its backend does not have."""
-    if pipeline == "tuning":
-        _check_trials(params)
+    """Fail before starting any task when the data file is not there, or the model to train
+    (for tuning: a trial) names a model or setting its backend does not have."""
+    _check_trainers(params, pipeline)
     path = getattr(params.dataset_spec, "path", None)
     if path and not Path(path).exists():
         hint = (f"run `dvc pull {path}.dvc` to fetch it from the DVC remote"
@@ -82,14 +93,15 @@ def _shown(path: str | Path) -> str:
         return str(path)
 
 
-def _print_summary(result, params: Params, out=sys.stdout) -> None:
+def _print_summary(result, out=sys.stdout) -> None:
     s = result.summary
     w = out.write
     w(f"\n{'=' * 72}\n")
     status = "succeeded" if result.ok else "FAILED"
     w(f"pipeline {result.pipeline} {status} in {result.seconds:.1f} s\n")
     if ds := s.get("dataset"):
-        w(f"  dataset        {ds['name']} ({ds['source']}), {ds['rows']} rows, "
+        # int(): metadata served from kfp.local's cache went through a protobuf Struct.
+        w(f"  dataset        {ds['name']} ({ds['source']}), {int(ds['rows'])} rows, "
           f"md5 {ds['md5']}\n")
     if m := s.get("model"):
         w(f"  model          {m.get('framework')}/{m.get('estimator')} on {m.get('device')}\n")
@@ -153,10 +165,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_local_notes(params, importlib.import_module(PIPELINES[args.pipeline]).TITLES)
     result = local.run(pipeline, params, {"data_root": repo, "code_dir": repo},
                        cache=args.cache)
-    _print_summary(result, params)
-    if args.cache and result.ok:
-        print(f"  kfp.local cache: {len(result.summary['executed'])} task(s) executed, the "
-              "others reused from earlier runs")
+    _print_summary(result)
+    if args.cache:
+        print(f"  kfp.local cache: {len(result.summary['executed'])} task(s) executed, "
+              f"{len(result.summary['reused'])} reused from earlier runs")
     if not result.ok:
         return 1
     gate = result.summary.get("gate", {})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import sys
 import threading
@@ -24,6 +25,10 @@ from components.config import Params
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
+# kfp.local logs a cache hit with the first 12 hex digits of the entry's key; the entry
+# (<cache root>/<key>.json) holds the outputs it served, artifacts marked with this key.
+_CACHE_HIT = re.compile(r"Task (\S+) cache hit \(key=([0-9a-f]+)\)")
+_CACHED_ARTIFACT = "__kfp_artifact__"
 # Lines of kfp.local's own that the terminal does not need (all of them go to the log):
 # its timestamped INFO lines, the executor input JSON each task logs, the dump of a
 # finished task's outputs, separators. Matched line by line, with no state, because the
@@ -58,6 +63,7 @@ class _ConsoleFilter(io.TextIOBase):
         self.buffer = ""
         self.started: dict[str, float] = {}
         self.failed: list[str] = []
+        self.reused: dict[str, str] = {}  # task -> key prefix of the cache entry it reused
         self.lock = threading.Lock()
 
     def write(self, text: str) -> int:
@@ -74,7 +80,10 @@ class _ConsoleFilter(io.TextIOBase):
         self.terminal.flush()
 
     def _line(self, line: str) -> None:
-        if m := _START.search(line):
+        if m := _CACHE_HIT.search(line):
+            self.reused[m.group(1)] = m.group(2)
+            self.terminal.write(f"  ↺ {m.group(1)} reused from the kfp.local cache\n")
+        elif m := _START.search(line):
             self.started[m.group(1)] = time.perf_counter()
             self.terminal.write(f"  ▸ {m.group(1)}\n")
         elif m := _END.search(line):
@@ -102,51 +111,71 @@ class RunResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _executor_output(task_dir: Path) -> dict[str, Any]:
-    path = task_dir / "executor_output.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _task_outputs(run_dir: Path, task: str,
+                  reused: dict[str, Path] | None = None) -> dict[str, dict[str, Any]]:
+    """A task's output artifacts in this run, by output name: ``{"uri", "metadata"}``.
 
-
-def _artifact_meta(task_dir: Path, name: str) -> dict[str, Any]:
-    arts = _executor_output(task_dir).get("artifacts", {}).get(name, {}).get("artifacts", [])
-    return arts[0].get("metadata", {}) if arts else {}
-
-
-def _task_dir(run_dir: Path, task: str) -> Path:
-    """Where a task's outputs are: this run's, or, for a task the kfp.local cache reused,
-    those of the newest earlier run of the same pipeline that executed it."""
+    A task that ran wrote ``executor_output.json`` in this run's folder (not when it failed);
+    a task that the kfp.local cache served has no folder here, and its outputs are those of
+    the cache entry this run reused (``reused``: task -> entry file). Nothing else counts:
+    the newest earlier run that has the task is not necessarily the one the cache reused,
+    and after a failed run it would report that earlier run's results as this run's.
+    """
     if (run_dir / task).is_dir():
-        return run_dir / task
-    pipeline = run_dir.name.rsplit("-", 7)[0]  # <name>-YYYY-mm-dd-HH-MM-SS-micro
-    earlier = sorted((p for p in run_dir.parent.glob(f"{pipeline}-*")
-                      if (p / task / "executor_output.json").is_file()),
-                     key=lambda p: p.stat().st_mtime)
-    return earlier[-1] / task if earlier else run_dir / task
+        path = run_dir / task / "executor_output.json"
+        outputs = json.loads(path.read_text()).get("artifacts", {}) if path.is_file() else {}
+        return {name: out["artifacts"][0] for name, out in outputs.items()
+                if out.get("artifacts")}
+    entry = (reused or {}).get(task)
+    try:
+        outputs = json.loads(entry.read_text()) if entry is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return {name: out for name, out in outputs.items()
+            if isinstance(out, dict) and out.get(_CACHED_ARTIFACT)}
 
 
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """Dataset, model, metrics, gate decision and model version of a training run."""
+def _meta(outputs: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    return (outputs.get(name) or {}).get("metadata") or {}
+
+
+def cache_entry(cache_root: Path, key_prefix: str) -> Path | None:
+    """The kfp.local cache entry whose key starts with ``key_prefix`` (the part kfp.local
+    logs on a cache hit); None when there is not exactly one."""
+    entries = list(cache_root.glob(f"{key_prefix}*.json")) if key_prefix else []
+    return entries[0] if len(entries) == 1 else None
+
+
+def read_summary(run_dir: Path, reused: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Dataset, model, metrics, gate decision and model version of a training run.
+
+    Only this run's results: what its tasks wrote, and for the tasks the kfp.local cache
+    served, the cache entries it reused (``reused``: task -> entry file). A task that
+    failed or never started contributes nothing.
+    """
+    def outputs(task: str) -> dict[str, dict[str, Any]]:
+        return _task_outputs(run_dir, task, reused)
+
     out: dict[str, Any] = {}
-    table = _artifact_meta(_task_dir(run_dir, "ingest-op"), "table")
+    table = _meta(outputs("ingest-op"), "table")
     if table:
         out["dataset"] = {k: table.get(k) for k in ("name", "source", "md5", "rows")}
-    model = (_artifact_meta(_task_dir(run_dir, "train-op"), "model")
-             or _artifact_meta(_task_dir(run_dir, "retrain-op"), "model"))
+    model = _meta(outputs("train-op"), "model") or _meta(outputs("retrain-op"), "model")
     if model:
         out["model"] = model
-    best = _artifact_meta(_task_dir(run_dir, "select-op"), "best")
+    best = _meta(outputs("select-op"), "best")
     if best:
         out["best_trial"] = best
-    evaluation = _task_dir(run_dir, "evaluate-op") / "evaluation"
-    if (evaluation / "metrics.json").is_file():
-        out["metrics"] = json.loads((evaluation / "metrics.json").read_text())
-        out["report"] = str(evaluation / "report.html")
-    decision = _artifact_meta(run_dir / "gate-op", "decision")
+    uri = (outputs("evaluate-op").get("evaluation") or {}).get("uri")
+    if uri and (Path(uri) / "metrics.json").is_file():
+        out["metrics"] = json.loads((Path(uri) / "metrics.json").read_text())
+        out["report"] = str(Path(uri) / "report.html")
+    decision = _meta(outputs("gate-op"), "decision")
     if decision:
         out["gate"] = decision
-    version = _artifact_meta(run_dir / "package-op", "model_version")
-    if version:
-        out["model_version"] = {**version, "path": str(run_dir / "package-op" / "model_version")}
+    version = outputs("package-op").get("model_version")
+    if version and version.get("metadata"):
+        out["model_version"] = {**version["metadata"], "path": version["uri"]}
     return out
 
 
@@ -167,8 +196,9 @@ def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
 
     root = Path(params.kfp.pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    cache_root = root / ".kfp_cache"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
-               raise_on_error=True, enable_caching=cache)
+               raise_on_error=True, enable_caching=cache, cache_root=str(cache_root))
     before = {p.name for p in root.iterdir()}
     log_path = root / f"{pipeline_func.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     started = time.perf_counter()
@@ -177,6 +207,16 @@ def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
         tee = _ConsoleFilter(terminal, log)
         saved = sys.stdout
         sys.stdout = tee
+        # kfp.local logs a cache hit (the task and its entry's key) to the root logger
+        # outside its own logging set-up, where INFO would be dropped: send it to the tee,
+        # which records which entry each reused task came from.
+        logger = logging.getLogger()
+        saved_handlers, saved_level = logger.handlers[:], logger.level
+        hits = logging.StreamHandler(tee)
+        hits.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d - %(levelname)s - "
+                                            "%(message)s", "%H:%M:%S"))
+        logger.addHandler(hits)
+        logger.setLevel(logging.INFO)
         try:
             with warnings.catch_warnings():
                 # kfp.local warns per task that image, display name and caching settings do
@@ -187,11 +227,19 @@ def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
             ok = False
             log.write(f"\n{err}\n")
         finally:
+            logger.handlers[:] = saved_handlers
+            logger.setLevel(saved_level)
             sys.stdout = saved
     seconds = time.perf_counter() - started
-    new = sorted((p for p in root.iterdir() if p.is_dir() and p.name not in before),
+    # This run's folder: the new <pipeline>-<time> one (not the cache folder, which a
+    # first cached run creates too).
+    new = sorted((p for p in root.iterdir() if p.is_dir() and p.name not in before
+                  and p.name.startswith(f"{pipeline_func.name}-")),
                  key=lambda p: p.stat().st_mtime)
     run_dir = new[-1] if new else root
-    summary = read_summary(run_dir)
+    reused = {task: entry for task, key in tee.reused.items()
+              if (entry := cache_entry(cache_root, key)) is not None}
+    summary = read_summary(run_dir, reused)
     summary["executed"] = sorted(tee.started)
+    summary["reused"] = sorted(tee.reused)
     return RunResult(pipeline_func.name, run_dir, log_path, seconds, ok, tee.failed, summary)

@@ -6,8 +6,9 @@ Covered: a classification run (the default dataset, breast_cancer) and a regress
 (auto_mpg, the DVC-tracked file): exit status, the run summary, the HTML report with its
 embedded plots, the packaged model version (its lineage hashes verify), the version in the
 session's BentoML store and metric sanity; a gate rejection (exit 3, nothing packaged); a
-mistyped setting (exit 2 before any task, with "did you mean"); and a data file with a
-non-numeric value in a numeric column (exit 1, the ingest task names column and value).
+mistyped setting and an unknown estimator or hyperparameter (exit 2 before any task, with
+"did you mean"); and a data file with a non-numeric value in a numeric column (exit 1, the
+ingest task names column and value).
 """
 
 from __future__ import annotations
@@ -241,6 +242,19 @@ def test_bad_setting_exits_2_before_any_task(run_training, workdir):
     assert "train.estimatr: unknown key (did you mean 'estimator'?" in run.output
     assert "Running pipeline" not in run.output and "▸" not in run.output
     assert not (workdir / "kfp-bad-setting").exists()  # the runner never started
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("train.estimator=svn", "train: unknown estimator 'svn' for framework sklearn\n"
+                            "  fix: set train.estimator in params.yaml: did you mean 'svm'?"),
+    ("train.hyperparameters.random_forest.n_estimatorz=5",
+     "train: RandomForestClassifier has no hyperparameter(s) n_estimatorz"),
+])
+def test_bad_model_to_train_exits_2_before_any_task(run_training, workdir, setting, message):
+    run = run_training(setting, expect=2, root="kfp-bad-model")
+    assert f"error: {message}" in run.output
+    assert "Running pipeline" not in run.output and "▸" not in run.output
+    assert not (workdir / "kfp-bad-model").exists()  # the runner never started
 
 
 def test_bad_data_value_fails_ingest_naming_column_and_value(run_training, workdir):
