@@ -23,7 +23,6 @@ from pydantic import (
 from components.errors import SlipwayError, did_you_mean
 
 Task = Literal["classification", "regression"]
-BUNDLED_SETS = ("iris", "wine", "breast_cancer", "digits")
 
 
 class _Strict(BaseModel):
@@ -134,8 +133,16 @@ class TrainParams(_Strict):
     cv_folds: int = Field(5, ge=2)
     seed: int = 42
     hyperparameters: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    # Per-epoch checkpoints of epoch-based backends (torch, keras), so a killed fit resumes.
-    checkpoint_dir: str | None = "build/checkpoints"
+    # Per-epoch checkpoints of epoch-based backends (torch, keras), so a killed fit resumes;
+    # "" for none. Not null: kfp parameters cannot hold null, and a setting left out of a
+    # section falls back to its default, which would turn checkpoints back on in a pipeline.
+    checkpoint_dir: str = "build/checkpoints"
+
+    @field_validator("checkpoint_dir", mode="before")
+    @classmethod
+    def _null_is_off(cls, value: Any) -> Any:
+        # `checkpoint_dir: null` (or --set train.checkpoint_dir=null) reads as "off" too.
+        return "" if value is None else value
 
     def chosen_hyperparameters(self) -> dict[str, Any]:
         return dict(self.hyperparameters.get(self.estimator, {}))

@@ -25,7 +25,9 @@ DESCRIPTION = (
 
 
 def _without_none(value):
-    """KFP parameters cannot hold null; a null setting means "the default", so drop it."""
+    """KFP parameters cannot hold null, so drop null settings; a task that re-validates its
+    section gets the field's default back, which is right only where that default is null
+    too (a setting that is off is "", never null: tests/unit/test_pipeline_defaults.py)."""
     if isinstance(value, dict):
         return {k: _without_none(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):

@@ -13,7 +13,7 @@ from sklearn.svm import SVC
 from components.config import TrainParams
 from components.errors import SlipwayError
 from components.io import read_json, write_table
-from components.train import encode_target, load_model, train
+from components.train import checkpoint_dir, encode_target, load_model, train
 from components.trainers import get_trainer, load_trainer
 from components.trainers.sklearn import SklearnTrainer, _restore_int
 
@@ -119,6 +119,18 @@ def test_empty_validation_split_records_no_val_score(tmp_path):
 
     assert "val_score" not in record
     assert read_json(tmp_path / "m" / "training.json")["cv"] == record["cv"]
+
+
+@pytest.mark.parametrize("off", [None, ""])
+def test_checkpoints_off_gives_no_checkpoint_folder(tmp_path, off):
+    train_path, _ = processed_tables(tmp_path, "classification")
+    rules = TrainParams(framework="torch", estimator="mlp", checkpoint_dir=off)
+    assert rules.checkpoint_dir == ""  # null reads as off, and stays a string for kfp
+    assert checkpoint_dir(rules, train_path) is None
+    on = checkpoint_dir(rules.model_copy(update={"checkpoint_dir": str(tmp_path / "c")}),
+                        train_path)
+    assert on is not None and on.parent == tmp_path / "c"
+    assert checkpoint_dir(TrainParams(checkpoint_dir=str(tmp_path)), train_path) is None  # sklearn
 
 
 def test_classifier_predictions_reload_identically(tmp_path):
