@@ -265,7 +265,7 @@ def trial_op(
     rules: dict,
     trial: dict,
     result: Output[Artifact],
-) -> float:
+):
     """Score one trial: k-fold CV on the training split, then the validation split."""
     from components.kfp_support import reporting_errors
 
@@ -280,7 +280,6 @@ def trial_op(
                                                        "val_score")})
         print(f"trial {scored['trial']} {scored['framework']}/{scored['estimator']}: "
               f"cv {scored['cv_mean']:.4f}, validation {scored['val_score']:.4f}")
-        return scored["val_score"]
 
 
 @_component
@@ -310,8 +309,12 @@ def retrain_op(
     tuning: Input[Artifact],
     model: Output[Model],
     cv_metrics: Output[Metrics],
-):
-    """Fit the best trial on train + validation."""
+) -> dict:
+    """Fit the best trial on train + validation; returns the train settings it used.
+
+    Those (the chosen framework, estimator and hyperparameters over the base ``train``
+    section) are what the packaged version's lineage records, not the base section.
+    """
     from components.kfp_support import reporting_errors
 
     with reporting_errors("retrain"):
@@ -331,3 +334,4 @@ def retrain_op(
         cv_metrics.log_metric(f"cv_{cv['metric']}_mean", cv["mean"])
         cv_metrics.log_metric(f"cv_{cv['metric']}_std", cv["std"])
         write_metrics_file(cv_metrics)
+        return chosen.model_dump(mode="json")

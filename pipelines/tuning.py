@@ -66,7 +66,10 @@ def build(params: Params) -> Callable:
             split: test and validation fractions and the seed.
             preprocess: imputation and scaling choices.
             train: base training settings (CV folds, seed, default hyperparameters).
-            tune: search method, number of trials, parallelism and the search space.
+            tune: search method, number of trials, seed and the search space. Its
+                ``parallelism`` is not read from here: ``dsl.ParallelFor`` takes a number
+                fixed when the pipeline is built, from params.yaml's ``tune.parallelism``
+                (set it with ``--set`` or before compiling).
             gate: metric thresholds and tolerance against the packaged model.
             model_name: BentoML model store name for the packaged version.
             register_model: add the packaged version to the BentoML model store.
@@ -89,9 +92,11 @@ def build(params: Params) -> Callable:
                            val=prep.outputs["val_features"], rules=train,
                            tuning=chosen.outputs["best"]),
             "retrain", params, TITLES["retrain"])
+        # The lineage records the settings the model was fitted with: the chosen trial's.
         release_stages(params, prep, fitted.outputs["model"],
                        {"dataset_name": dataset_name, "dataset": dataset, "validate": validate,
-                        "split": split, "preprocess": preprocess, "train": train},
+                        "split": split, "preprocess": preprocess,
+                        "train": fitted.outputs["Output"]},
                        gate, model_name, register_model, code_dir)
 
     return tuning

@@ -7,9 +7,9 @@ own. Checked: exit status; the four trial tasks (their directories, the log, at 
 once); the summary's best trial; select's ``best`` artifact (four results, the best has the
 highest validation score, ties broken by CV); the retrained model's training record (fit on
 train + validation, with the tuning record); the evaluation report's tuning table and
-embedded plot; the version in the session's BentoML store. Compiled: the ``dsl.ParallelFor``
-over the trials output with the parallelism from params, and select's ``dsl.Collected``
-input.
+embedded plot; the version in the session's BentoML store, whose lineage records the best
+trial's settings. Compiled: the ``dsl.ParallelFor`` over the trials output with the
+parallelism from params, and select's ``dsl.Collected`` input.
 """
 
 from __future__ import annotations
@@ -287,3 +287,16 @@ def test_version_is_in_the_bentoml_store(tuning_run, selected):
     assert lineage["estimator"] == selected["best"]["estimator"]
     assert read_json(store / "training.json")["fit_on"] == "train+val"
     assert [str(m.tag) for m in bentoml.models.list(tuning_run.model_name)] == [tag]
+
+
+@pytest.mark.slow
+def test_lineage_records_the_chosen_trials_settings(tuning_run, selected):
+    """The packaged version's params are those the model was fitted with: the best trial's
+    framework, estimator and hyperparameters over the base ``train`` section."""
+    train = read_json(tuning_run.path("files") / "lineage.json")["params"]["train"]
+    best = selected["best"]
+    assert (train["framework"], train["estimator"]) == (best["framework"], best["estimator"])
+    assert train["hyperparameters"][best["estimator"]] == best["hyperparameters"]
+    assert train["cv_folds"] == 2  # the base section's other settings are kept
+    base = load_params(REPO / "params.yaml", list(SETTINGS)).train
+    assert train["hyperparameters"]["random_forest"] == base.hyperparameters["random_forest"]
