@@ -61,8 +61,18 @@ push: setup ## push DVC-tracked data and models to the DVC remote
 pull: setup ## pull DVC-tracked data and models from the DVC remote
 	@$(DVC) pull
 
+# With a CUDA GPU, the suite runs twice: everything but the gpu tests with CUDA hidden (their
+# expectations, bit-identical refits among them, are the CPU's), then the gpu tests on the
+# GPU. pytest's status 5 (no test selected, e.g. PYTEST_ARGS names a file without gpu
+# tests) is not a failure there.
 test: setup ## run the whole test suite (unit, integration, slow; GPU/container tests skip without one)
-	@$(PY) -m pytest $(PYTEST_ARGS)
+	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then \
+		echo "==> CUDA GPU found: the suite on the CPU (CUDA_VISIBLE_DEVICES=), then the gpu tests"; \
+		CUDA_VISIBLE_DEVICES= $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS) || [ $$? -eq 5 ]; \
+		$(PY) -m pytest -m gpu $(PYTEST_ARGS) || [ $$? -eq 5 ]; \
+	else \
+		$(PY) -m pytest $(PYTEST_ARGS); \
+	fi
 
 test-fast: setup ## run the tests not marked slow (no pipeline runs, DVC or server)
 	@$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
