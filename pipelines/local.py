@@ -8,6 +8,7 @@ stages' own messages, and at the end a summary of the run read from its artifact
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import logging
@@ -61,9 +62,11 @@ class _ConsoleFilter(io.TextIOBase):
     def __init__(self, terminal: TextIO, log: TextIO) -> None:
         self.terminal, self.log = terminal, log
         self.buffer = ""
-        self.started: dict[str, float] = {}
+        # By task name, first in first out: a ParallelFor's iterations share one name.
+        self.started: dict[str, list[float]] = collections.defaultdict(list)
+        self.executed: list[str] = []  # a name per task that ran (repeated for iterations)
         self.failed: list[str] = []
-        self.reused: dict[str, str] = {}  # task -> key prefix of the cache entry it reused
+        self.reused: list[tuple[str, str]] = []  # (task, key prefix of the cache entry)
         self.lock = threading.Lock()
 
     def write(self, text: str) -> int:
@@ -81,14 +84,16 @@ class _ConsoleFilter(io.TextIOBase):
 
     def _line(self, line: str) -> None:
         if m := _CACHE_HIT.search(line):
-            self.reused[m.group(1)] = m.group(2)
+            self.reused.append((m.group(1), m.group(2)))
             self.terminal.write(f"  ↺ {m.group(1)} reused from the kfp.local cache\n")
         elif m := _START.search(line):
-            self.started[m.group(1)] = time.perf_counter()
+            self.started[m.group(1)].append(time.perf_counter())
+            self.executed.append(m.group(1))
             self.terminal.write(f"  ▸ {m.group(1)}\n")
         elif m := _END.search(line):
             name, state = m.groups()
-            took = time.perf_counter() - self.started.get(name, time.perf_counter())
+            starts = self.started[name]
+            took = time.perf_counter() - (starts.pop(0) if starts else time.perf_counter())
             mark = "✓" if state == "SUCCESS" else "✗"
             if state != "SUCCESS":
                 self.failed.append(name)
@@ -237,9 +242,9 @@ def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
                   and p.name.startswith(f"{pipeline_func.name}-")),
                  key=lambda p: p.stat().st_mtime)
     run_dir = new[-1] if new else root
-    reused = {task: entry for task, key in tee.reused.items()
+    reused = {task: entry for task, key in tee.reused
               if (entry := cache_entry(cache_root, key)) is not None}
     summary = read_summary(run_dir, reused)
-    summary["executed"] = sorted(tee.started)
-    summary["reused"] = sorted(tee.reused)
+    summary["executed"] = sorted(tee.executed)
+    summary["reused"] = sorted(task for task, _ in tee.reused)
     return RunResult(pipeline_func.name, run_dir, log_path, seconds, ok, tee.failed, summary)

@@ -132,8 +132,8 @@ def test_console_filter_records_cache_hits_as_kfp_local_logs_them():
     tee.write("10:26:16.100 - INFO - Task ingest-op cache hit (key=d840b18b5f7c); "
               "skipping execution.\n")
     tee.write("10:26:16.181 - INFO - Executing task \x1b[96m'gate-op'\x1b[0m\n")
-    assert tee.reused == {"ingest-op": "d840b18b5f7c"}
-    assert list(tee.started) == ["gate-op"]
+    assert tee.reused == [("ingest-op", "d840b18b5f7c")]
+    assert tee.executed == ["gate-op"]
     assert "↺ ingest-op reused from the kfp.local cache" in terminal.getvalue()
     assert "cache hit (key=d840b18b5f7c)" in log.getvalue()
 
@@ -146,3 +146,18 @@ def test_cache_entry_is_the_one_file_with_that_key_prefix(tmp_path):
     assert cache_entry(tmp_path, "cd" * 6) is None  # ambiguous
     assert cache_entry(tmp_path, "ef" * 6) is None
     assert cache_entry(tmp_path, "") is None
+
+
+def test_console_filter_times_parallel_iterations_of_one_task_apart():
+    """A ParallelFor's iterations all log as the same task: each start is paired with the
+    next end in turn, and every iteration counts as executed."""
+    terminal, log = io.StringIO(), io.StringIO()
+    tee = _ConsoleFilter(terminal, log)
+    for _ in range(3):
+        tee.write("10:26:16.181 - INFO - Executing task \x1b[96m'trial-op'\x1b[0m\n")
+    for _ in range(3):
+        tee.write("10:26:18.000 - INFO - Task \x1b[96m'trial-op'\x1b[0m finished with status "
+                  "\x1b[92mSUCCESS\x1b[0m\n")
+    assert tee.executed == ["trial-op"] * 3
+    assert tee.started["trial-op"] == []  # every start matched an end
+    assert terminal.getvalue().count("✓ trial-op success") == 3
