@@ -14,6 +14,7 @@ from kfp import dsl
 
 from components import kfp_components as ops
 from components.config import Params
+from pipelines import training
 from pipelines.training import data_stages, pipeline_defaults, release_stages, stage_settings
 
 DESCRIPTION = (
@@ -23,18 +24,14 @@ DESCRIPTION = (
     "test split, gate it and package it with lineage into the BentoML model store."
 )
 
+# The training pipeline's titles for the stages both run, and the tuning stages' own.
 TITLES = {
-    "ingest": "Ingest dataset",
-    "validate": "Validate data",
-    "split": "Split train / val / test",
-    "preprocess": "Fit preprocessing",
+    **{key: training.TITLES[key] for key in ("ingest", "validate", "split", "preprocess")},
     "trials": "Draw trials",
     "trial": "Score trial (CV + validation)",
     "select": "Select best trial",
     "retrain": "Retrain best on train + val",
-    "evaluate": "Evaluate on test split",
-    "gate": "Gate",
-    "package": "Package model version",
+    **{key: training.TITLES[key] for key in ("evaluate", "gate", "package")},
 }
 
 

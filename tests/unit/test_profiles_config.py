@@ -165,3 +165,11 @@ def test_ignored_locally_with_partial_and_empty_profiles():
                                                                  value="true")])
     assert ignored_locally(two) == ["accelerator 2x amd.com/gpu", "node selector pool=gpu, zone=a",
                                     "tolerations gpu, spot"]
+
+
+def test_task_names_a_profile_can_name_are_the_pipelines_tasks():
+    """kfp.task_profiles is checked against config.TASKS: those must be exactly the tasks
+    the two pipelines have (their keys in TITLES), or a valid name would be refused."""
+    from pipelines import training, tuning
+
+    assert set(TASKS) == set(training.TITLES) | set(tuning.TITLES)
