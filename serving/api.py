@@ -54,6 +54,8 @@ def error_answer(err: RequestError, headers: dict[str, str] | None = None) -> JS
 
 
 def not_ready_answer(runtime: Any) -> JSONAnswer:
+    """503 until the model is loaded. (A request before the service instance exists never
+    reaches a route: the guard in front of the app answers it.)"""
     runtime.metrics.record_rejected("not_ready")
     detail = runtime.error if runtime.error else "the model is still loading"
     return JSONAnswer({"error": f"not ready: {detail}", "reason": "not_ready"},
@@ -232,9 +234,8 @@ def internal_error(what: str) -> JSONAnswer:
 
 async def predict(request: Request) -> Response:
     runtime = current_runtime()
-    if runtime is None or not runtime.ready:
-        return not_ready_answer(runtime) if runtime else JSONAnswer(
-            {"error": "not ready: starting", "reason": "not_ready"}, status_code=503)
+    if not runtime.ready:
+        return not_ready_answer(runtime)
     try:
         rows = await _parse(runtime, request)
     except RequestError as err:
@@ -256,9 +257,8 @@ async def predict(request: Request) -> Response:
 
 async def metadata(request: Request) -> Response:
     runtime = current_runtime()
-    if runtime is None or not runtime.ready:
-        return not_ready_answer(runtime) if runtime else JSONAnswer(
-            {"error": "not ready: starting", "reason": "not_ready"}, status_code=503)
+    if not runtime.ready:
+        return not_ready_answer(runtime)
     return JSONAnswer(runtime.metadata())
 
 
