@@ -276,15 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from components.errors import SlipwayError
-    from serving.model import LoadedModel, resolve
+    from serving.model import LoadedModel
 
     try:
-        stored = resolve(args.model)
+        model = LoadedModel.from_store(args.model)
     except SlipwayError as err:
         print(f"bench-serve: {err}", file=sys.stderr)
         return 1
-    tag = str(stored.tag)
-    model = LoadedModel.load(stored.path, stored.tag.name, stored.tag.version)
+    tag = model.tag
     levels = (1, 4, 16) if args.quick else (1, 4, 16, 48)
     seconds = 2.0 if args.quick else 2.5
     repeat = 1 if args.quick else args.repeat

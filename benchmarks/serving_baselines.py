@@ -20,14 +20,13 @@ import os
 import bentoml
 import numpy as np
 
-MODEL_ENV = "SLIPWAY_MODEL"
+from serving.model import pinned_model
 
 
 def _load():
-    from serving.model import LoadedModel, resolve
+    from serving.model import MODEL_ENV, LoadedModel
 
-    stored = resolve(os.environ.get(MODEL_ENV))
-    return LoadedModel.load(stored.path, stored.tag.name, stored.tag.version)
+    return LoadedModel.from_store(os.environ.get(MODEL_ENV))
 
 
 def _proba(model, values: np.ndarray) -> np.ndarray:
@@ -67,16 +66,11 @@ def create_bare_app():
                              Route("/readyz", ready)])
 
 
-def _model_ref() -> bentoml.models.BentoModel | None:
-    spec = os.environ.get(MODEL_ENV, "")
-    return bentoml.models.BentoModel(spec) if ":" in spec else None
-
-
 # As BentoML's quickstart: the model is a class attribute, loaded in __init__, and one
 # typed @bentoml.api method takes a NumPy array and returns one.
 @bentoml.service(resources={"cpu": "2"}, traffic={"timeout": 10})
 class StockClassifier:
-    bento_model = _model_ref()
+    bento_model = pinned_model()
 
     def __init__(self) -> None:
         self.model = _load()
@@ -89,7 +83,7 @@ class StockClassifier:
 # As BentoML's adaptive batching guide: the same, with batchable=True.
 @bentoml.service(resources={"cpu": "2"}, traffic={"timeout": 10})
 class StockBatchedClassifier:
-    bento_model = _model_ref()
+    bento_model = pinned_model()
 
     def __init__(self) -> None:
         self.model = _load()

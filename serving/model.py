@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 from components.errors import SlipwayError
 from serving.schema import InputSchema, RawRows
 
+MODEL_ENV = "SLIPWAY_MODEL"  # which version to serve (see resolve)
 JSON_FILES = ("schema.json", "training.json", "metrics.json", "trainer.json")
 STORE_MANIFEST = "model.yaml"  # written by BentoML into every model store entry
 
@@ -40,6 +42,20 @@ def _store_hint() -> str:
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     return str(BentoMLContainer.bentoml_home.get())
+
+
+def pinned_model() -> Any:
+    """A ``bentoml.models.BentoModel`` when ``SLIPWAY_MODEL`` is a full ``name:version`` tag,
+    else None.
+
+    BentoML packs the models a service references as class attributes into the Bento it
+    builds, so ``SLIPWAY_MODEL=<tag> bentoml build`` produces a self-contained Bento. (Only
+    a tag is recorded here; resolving it happens at build or serve time.)
+    """
+    import bentoml
+
+    spec = os.environ.get(MODEL_ENV, "").strip()
+    return bentoml.models.BentoModel(spec) if ":" in spec else None
 
 
 def resolve(spec: str | None) -> Any:
@@ -142,6 +158,13 @@ class LoadedModel:
     @property
     def tag(self) -> str:
         return f"{self.name}:{self.version}"
+
+    @classmethod
+    def from_store(cls, spec: str | None) -> LoadedModel:
+        """The model version ``spec`` names in the BentoML store (:func:`resolve`), verified
+        and loaded (:meth:`load`)."""
+        stored = resolve(spec)
+        return cls.load(stored.path, stored.tag.name, stored.tag.version)
 
     @classmethod
     def load(cls, path: str | Path, name: str, expected_version: str | None = None) -> LoadedModel:

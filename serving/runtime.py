@@ -23,7 +23,7 @@ from serving.auth import BearerAuth
 from serving.batching import MicroBatcher
 from serving.drift import DriftMonitor
 from serving.metrics import ServingMetrics, default_metrics
-from serving.model import LoadedModel, Prediction, resolve
+from serving.model import LoadedModel, Prediction
 from serving.schema import InputSchema, RawRows
 from serving.settings import Settings
 
@@ -91,8 +91,7 @@ class ModelRuntime:
         settings = self.settings
         started = time.perf_counter()
         try:
-            stored = resolve(settings.model)
-            model = LoadedModel.load(stored.path, stored.tag.name, stored.tag.version)
+            model = LoadedModel.from_store(settings.model)
             schema = model.input_schema(settings.max_instances, settings.range_margin)
             drift = DriftMonitor(model.schema["features"], settings.drift_window)
         except SlipwayError as err:

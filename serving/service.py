@@ -24,26 +24,13 @@ and loaded when BentoML creates the service instance, in a background thread.
 from __future__ import annotations
 
 import logging
-import os
 
 import bentoml
 
 from serving.api import build_app
 from serving.guard import Guard
+from serving.model import pinned_model
 from serving.runtime import ModelRuntime
-
-MODEL_ENV = "SLIPWAY_MODEL"
-
-
-def pinned_model() -> bentoml.models.BentoModel | None:
-    """A model reference when ``SLIPWAY_MODEL`` is a full ``name:version`` tag.
-
-    BentoML packs the models a service references as class attributes into the Bento it
-    builds, so ``SLIPWAY_MODEL=<tag> bentoml build`` produces a self-contained Bento. (Only
-    a tag is recorded here; resolving it happens at build or serve time.)
-    """
-    spec = os.environ.get(MODEL_ENV, "").strip()
-    return bentoml.models.BentoModel(spec) if ":" in spec else None
 
 
 @bentoml.service(
