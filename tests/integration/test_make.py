@@ -68,8 +68,14 @@ def test_ci_runs_make_test(run_cmd):
                 if line.strip() and not line.lstrip().startswith("#")]
     assert any(re.match(r"make\s+test(\s|$)", c) for c in commands), commands
     # `make test` runs pytest through the environment's python with PYTEST_ARGS (dry run:
-    # nothing is executed).
+    # nothing is executed): the whole suite without a GPU (CI's case); with one, the suite
+    # with CUDA hidden, then the gpu tests.
     dry = run_cmd(["make", "--no-print-directory", "-n", "-C", REPO, "test",
                    "PYTEST_ARGS=-p no:cacheprovider"], cwd=REPO, timeout=60)
-    assert re.search(r"^\.venv/bin/python -m pytest -p no:cacheprovider$", dry.stdout,
-                     flags=re.MULTILINE), dry.stdout
+    for command in (r"\.venv/bin/python -m pytest -p no:cacheprovider;",
+                    r'CUDA_VISIBLE_DEVICES= \.venv/bin/python -m pytest -m "not gpu" '
+                    r"-p no:cacheprovider \|\| \[ \$\? -eq 5 \];",
+                    r"\.venv/bin/python -m pytest -m gpu -p no:cacheprovider \|\| "
+                    r"\[ \$\? -eq 5 \];"):
+        assert re.search(rf"^\s*{command} \\$", dry.stdout, flags=re.MULTILINE), \
+            (command, dry.stdout)
