@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.object_store import s3_store  # noqa: F401 - one S3 server per session
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 DATA_FILE = Path("data") / "auto-mpg.data"
