@@ -20,8 +20,9 @@ DVC_REMOTE ?= $(HOME)/.cache/slipway/dvc-remote
 # Extra settings for `make run`, e.g. make run SET="dataset=auto_mpg train.estimator=svm"
 SET ?=
 PIPELINE ?= training
-# make run CACHE=1: reuse unchanged tasks' outputs from earlier local runs (kfp.local cache)
-CACHE ?=
+# The cache is on: a task whose data (content hash), settings and stage code are unchanged is
+# reused from an earlier local run. make run CACHE=0 runs every task.
+CACHE ?= 1
 PYTEST_ARGS ?=
 
 .PHONY: help setup run tune seeds compile repro push pull test test-fast lint bench-pipeline bench-train lock clean
@@ -41,10 +42,10 @@ setup: $(STAMP) ## create the environment, set the DVC remote and fetch the data
 	@$(PY) -m pipelines.workspace --remote "$(DVC_REMOTE)"
 
 run: setup ## run the training pipeline locally with kfp.local (SET="key=value ..." overrides)
-	@$(PY) -m pipelines run $(PIPELINE) $(if $(CACHE),--cache) $(foreach s,$(SET),--set $(s))
+	@$(PY) -m pipelines run $(PIPELINE) $(if $(filter 0,$(CACHE)),--no-cache) $(foreach s,$(SET),--set $(s))
 
 tune: setup ## run the tuning pipeline locally: trials in parallel, best retrained, gated, packaged
-	@$(PY) -m pipelines run tuning $(if $(CACHE),--cache) $(foreach s,$(SET),--set $(s))
+	@$(PY) -m pipelines run tuning $(if $(filter 0,$(CACHE)),--no-cache) $(foreach s,$(SET),--set $(s))
 
 seeds: setup ## reproduce three classic workflows; table of expected vs measured (reports/seeds.json)
 	@$(PY) -m pipelines.seeds

@@ -7,6 +7,7 @@ ignored) and each error names the dotted key and the valid choices.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -56,18 +57,6 @@ class FileDataset(_Strict):
     na_values: list[str] = Field(default_factory=list)
     # name -> numeric | categorical | drop, in file order when header is false.
     columns: dict[str, Literal["numeric", "categorical", "drop"]] | None = None
-
-    @field_validator("columns", mode="before")
-    @classmethod
-    def _pairs_to_mapping(cls, value: Any) -> Any:
-        # kfp passes dict parameters as protobuf Structs, which sort their keys; the
-        # pipeline sends `columns` as [name, type] pairs to keep the file order.
-        if isinstance(value, list):
-            return {str(name): kind for name, kind in value}
-        return value
-
-    def columns_as_pairs(self) -> list[list[str]] | None:
-        return [[k, v] for k, v in self.columns.items()] if self.columns else None
 
     @model_validator(mode="after")
     def _check(self) -> FileDataset:
@@ -134,8 +123,7 @@ class TrainParams(_Strict):
     seed: int = 42
     hyperparameters: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Per-epoch checkpoints of epoch-based backends (torch, keras), so a killed fit resumes;
-    # "" for none. Not null: kfp parameters cannot hold null, and a setting left out of a
-    # section falls back to its default, which would turn checkpoints back on in a pipeline.
+    # "" (or null) for none.
     checkpoint_dir: str = "build/checkpoints"
 
     @field_validator("checkpoint_dir", mode="before")
@@ -397,18 +385,46 @@ def load_params(
     return params_from_dict(raw, str(path))
 
 
-def section(name: str, raw: dict) -> Any:
-    """Validate one section (as passed to a kfp component) into its model."""
+# ---- settings as kfp parameters ----------------------------------------------------------
+# A kfp `dict` parameter travels as a protobuf Struct, which sorts its keys (a file's column
+# order), cannot hold null, and makes every number a double (`epochs: 30` arrives as 30.0,
+# which scikit-learn reads as a fraction where it takes both). So each section travels as
+# its JSON text and is decoded once, here: a stage gets it exactly as params.yaml wrote it.
+
+
+def to_parameter(value: BaseModel | dict | list) -> str:
+    """A section (or any JSON value) as a kfp parameter: its JSON text, order kept."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json", by_alias=True)
+    return json.dumps(value, separators=(",", ":"))
+
+
+def from_parameter(text: str | dict | list) -> Any:
+    """The value :func:`to_parameter` encoded (a dict or list given as such passes through)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise SlipwayError(f"a settings parameter is not JSON ({err}): {text[:80]!r}",
+                           "pass the section's JSON text, e.g. as `make compile` writes it "
+                           "into the pipeline's parameter defaults") from None
+
+
+def section(name: str, raw: str | dict) -> Any:
+    """Validate one section (its JSON text, as passed to a kfp component) into its model."""
+    raw = from_parameter(raw)
     try:
         return SECTIONS[name].model_validate(raw)
     except ValidationError as err:
         raise _format_validation_error(err, f"section {name!r}", raw) from None
 
 
-def dataset_spec(raw: dict) -> SklearnDataset | FileDataset | Cifar10Dataset:
+def dataset_spec(raw: str | dict) -> SklearnDataset | FileDataset | Cifar10Dataset:
     """Validate one ``datasets`` entry (as passed to the ingest component)."""
     from pydantic import TypeAdapter
 
+    raw = from_parameter(raw)
     try:
         return TypeAdapter(DatasetSpec).validate_python(raw)
     except ValidationError as err:

@@ -72,11 +72,8 @@ def _check_field_counts(path: Path, spec: FileDataset, expected: int | None) -> 
     return lines[1:] if spec.header else lines
 
 
-def load_cifar10(spec: Cifar10Dataset, root: Path) -> tuple[pd.DataFrame, list[Path]]:
-    """CIFAR-10 binary batches as a frame: one column per pixel (channel, row, column
-    order, named ``pixel_<c>_<y>_<x>``) and a ``label`` column of class names."""
-    from components.cifar import CLASSES, IMAGE_SHAPE, read_cifar10
-
+def cifar_files(spec: Cifar10Dataset, root: Path) -> list[Path]:
+    """The CIFAR-10 batch files the dataset names, sorted."""
     directory = root / spec.path
     files = sorted({f for pattern in spec.files for f in directory.glob(pattern)})
     if not files:
@@ -84,6 +81,15 @@ def load_cifar10(spec: Cifar10Dataset, root: Path) -> tuple[pd.DataFrame, list[P
             f"no CIFAR-10 files matching {', '.join(spec.files)} in {spec.path}",
             f"run `dvc pull` for {spec.path}, or correct the dataset's `path` / `files`",
         )
+    return files
+
+
+def load_cifar10(spec: Cifar10Dataset, root: Path) -> tuple[pd.DataFrame, list[Path]]:
+    """CIFAR-10 binary batches as a frame: one column per pixel (channel, row, column
+    order, named ``pixel_<c>_<y>_<x>``) and a ``label`` column of class names."""
+    from components.cifar import CLASSES, IMAGE_SHAPE, read_cifar10
+
+    files = cifar_files(spec, root)
     pixels, labels = read_cifar10(files)
     if spec.max_rows:
         pixels, labels = pixels[: spec.max_rows], labels[: spec.max_rows]
@@ -183,11 +189,50 @@ def _to_numeric(
     return converted.astype("float64")
 
 
+def _files_md5(files: list[Path]) -> str:
+    return hashlib.md5("".join(file_hash(f, "md5") for f in files).encode()).hexdigest()
+
+
+def content_key(spec: SklearnDataset | FileDataset | Cifar10Dataset,
+                root: str | Path = ".") -> str:
+    """The content hash a run expects of its data, known before any task reads it.
+
+    A file's md5 (DVC's hash, the one in its ``.dvc`` pointer); for CIFAR-10 the md5 of
+    its files' md5s; for a dataset bundled with scikit-learn, the library's name and
+    version (the data changes only with the library). It keys the cache on the bytes,
+    not the path, so a file changed in place is not served from the cache.
+
+    Raises:
+        SlipwayError: the data is missing.
+    """
+    root = Path(root)
+    if isinstance(spec, SklearnDataset):
+        from importlib.metadata import version
+
+        return f"scikit-learn-{version('scikit-learn')}-{spec.name}"
+    if isinstance(spec, Cifar10Dataset):
+        return _files_md5(cifar_files(spec, root))
+    path = root / spec.path
+    if not path.is_file():
+        raise SlipwayError(f"data file {spec.path} not found",
+                           "run `make setup` (it pulls DVC-tracked data) or `dvc pull`")
+    return file_hash(path, "md5")
+
+
+def _check_content(name: str, expected: str, actual: str) -> None:
+    if expected and expected != actual:
+        raise SlipwayError(
+            f"dataset {name!r} changed under the run: expected md5 {expected}, read {actual}",
+            "run again: the data was replaced while the pipeline was starting",
+        )
+
+
 def ingest(
     name: str,
     spec: SklearnDataset | FileDataset | Cifar10Dataset,
     out: str | Path,
     root: str | Path = ".",
+    expected_md5: str = "",
 ) -> dict[str, Any]:
     """Read a dataset and write it as a typed Parquet table.
 
@@ -196,6 +241,8 @@ def ingest(
         spec: its declaration.
         out: the Parquet file to write.
         root: directory that relative data paths are resolved against.
+        expected_md5: the :func:`content_key` the run was started with; the data read must
+            have it ("" to skip the check).
 
     Returns:
         The dataset facts also stored in the table's metadata.
@@ -204,7 +251,8 @@ def ingest(
     if isinstance(spec, Cifar10Dataset):
         df, files = load_cifar10(spec, root)
         source = f"cifar10:{spec.path}"
-        md5 = hashlib.md5("".join(file_hash(f, "md5") for f in files).encode()).hexdigest()
+        md5 = _files_md5(files)
+        _check_content(name, expected_md5, md5)
     elif isinstance(spec, SklearnDataset):
         df = load_sklearn(spec)
         source = f"sklearn:{spec.name}"
@@ -212,9 +260,10 @@ def ingest(
         # bundled data changes the hash too.
         md5 = hashlib.md5(df.to_csv(index=False).encode()).hexdigest()
     else:
+        md5 = file_hash(root / spec.path, "md5") if (root / spec.path).is_file() else ""
+        _check_content(name, expected_md5, md5 or expected_md5)
         df = load_file(spec, root)
         source = f"file:{spec.path}"
-        md5 = file_hash(root / spec.path, "md5")
     if df.empty:
         raise SlipwayError(f"dataset {name!r} has no rows", "check the data source")
     features = {

@@ -1,10 +1,14 @@
 """The stages as kfp v2 components: thin adapters from typed artifacts to the stage cores.
 
-Each function body only imports its core, translates artifact paths and section dicts, and
+Each function body only imports its core, translates artifact paths and settings, and
 records facts in artifact ``.metadata``; the logic lives in ``components/<stage>.py``. The
-bodies run in the component image on a cluster (``components/Dockerfile``, which installs
-this package, so ``install_kfp_package=False``) and in this environment under kfp.local.
-The image is set per task by the pipeline from ``params.yaml`` (``kfp.image``).
+bodies run in their role's image (``make images``, which installs this package, so
+``install_kfp_package=False``) and in this environment under kfp.local's subprocess runner.
+The pipeline sets each task's image from the stage graph (:mod:`components.stages`).
+
+Settings travel as the JSON text of their ``params.yaml`` section (``rules``, ``train``, ...)
+and are validated by :func:`components.config.section`: a kfp ``dict`` parameter would pass
+through a protobuf Struct, which sorts keys, drops nulls and turns every int into a float.
 
 A :class:`~components.errors.SlipwayError` raised by a core is reported by
 :func:`components.kfp_support.fail` as one clear line before the task exits non-zero.
@@ -29,20 +33,26 @@ _component = dsl.component(base_image="python:3.11", install_kfp_package=False)
 
 
 @_component
-def ingest_op(dataset_name: str, dataset: dict, data_root: str, table: Output[Dataset]):
-    """Read the dataset declared in params.yaml into a typed Parquet table."""
+def ingest_op(dataset_name: str, dataset: str, dataset_md5: str, data_root: str,
+              table: Output[Dataset]):
+    """Read the dataset declared in params.yaml into a typed Parquet table.
+
+    ``dataset_md5`` is the content hash the run expects (DVC's md5 of the data): it keys
+    the cache on the data, not its path, and the stage checks the data against it.
+    """
     from components.kfp_support import reporting_errors
 
     with reporting_errors("ingest"):
         from components.config import dataset_spec
         from components.ingest import ingest
 
-        meta = ingest(dataset_name, dataset_spec(dataset), table.path, data_root)
+        meta = ingest(dataset_name, dataset_spec(dataset), table.path, data_root,
+                      expected_md5=dataset_md5)
         table.metadata.update({k: v for k, v in meta.items() if k != "features"})
 
 
 @_component
-def validate_op(table: Input[Dataset], rules: dict, report: Output[Markdown]):
+def validate_op(table: Input[Dataset], rules: str, report: Output[Markdown]):
     """Check schema, missing values, duplicates and class balance against thresholds."""
     from components.kfp_support import reporting_errors
 
@@ -59,7 +69,7 @@ def validate_op(table: Input[Dataset], rules: dict, report: Output[Markdown]):
 @_component
 def split_op(
     table: Input[Dataset],
-    rules: dict,
+    rules: str,
     train: Output[Dataset],
     val: Output[Dataset],
     test: Output[Dataset],
@@ -81,7 +91,7 @@ def preprocess_op(
     train: Input[Dataset],
     val: Input[Dataset],
     test: Input[Dataset],
-    rules: dict,
+    rules: str,
     transformer: Output[Model],
     train_features: Output[Dataset],
     val_features: Output[Dataset],
@@ -108,7 +118,7 @@ def preprocess_op(
 def train_op(
     train: Input[Dataset],
     val: Input[Dataset],
-    rules: dict,
+    rules: str,
     model: Output[Model],
     cv_metrics: Output[Metrics],
 ):
@@ -170,7 +180,7 @@ def evaluate_op(
 
 @_component
 def gate_op(
-    evaluation: Input[Artifact], rules: dict, model_name: str, decision: Output[Markdown]
+    evaluation: Input[Artifact], rules: str, model_name: str, decision: Output[Markdown]
 ) -> bool:
     """Pass when the test metric meets the threshold and is no worse than the packaged model.
 
@@ -203,12 +213,12 @@ def package_op(
     model: Input[Model],
     evaluation: Input[Artifact],
     dataset_name: str,
-    dataset: dict,
-    validate: dict,
-    split: dict,
-    preprocess: dict,
-    train: dict,
-    gate: dict,
+    dataset: str,
+    validate: str,
+    split: str,
+    preprocess: str,
+    train: str,
+    gate: str,
     model_name: str,
     register: bool,
     code_dir: str,
@@ -217,19 +227,22 @@ def package_op(
     """Write the model version (skops files, schema, metrics, lineage); register it in BentoML.
 
     The settings arrive section by section (a dict of pipeline channels is not resolved
-    by kfp.local) and are recorded together in the lineage.
+    by kfp.local) and are recorded together in the lineage, as params.yaml wrote them.
     """
     from components.kfp_support import reporting_errors
 
     with reporting_errors("package"):
         from pathlib import Path
 
+        from components.config import from_parameter
         from components.package import package
         from components.package import register as register_version
 
-        settings = {"dataset": dataset_name, "datasets": {dataset_name: dataset},
-                    "validate": validate, "split": split, "preprocess": preprocess,
+        sections = {"validate": validate, "split": split, "preprocess": preprocess,
                     "train": train, "gate": gate}
+        settings = {"dataset": dataset_name,
+                    "datasets": {dataset_name: from_parameter(dataset)},
+                    **{name: from_parameter(text) for name, text in sections.items()}}
         lineage = package(transformer.path, model.path,
                           Path(evaluation.path) / "evaluation.json", settings,
                           model_version.path, code_dir)
@@ -245,36 +258,37 @@ def package_op(
 
 
 @_component
-def trials_op(tune: dict, train: dict) -> list[dict]:
+def trials_op(tune: str, train: str) -> list[str]:
     """The trials of the search space (grid, or random draws from it)."""
     from components.kfp_support import reporting_errors
 
     with reporting_errors("trials"):
-        from components.config import section
+        from components.config import section, to_parameter
         from components.tune import generate_trials
 
         trials = generate_trials(section("tune", tune), section("train", train))
         print(f"trials: {len(trials)} to run")
-        return trials
+        return [to_parameter(t) for t in trials]
 
 
 @_component
 def trial_op(
     train: Input[Dataset],
     val: Input[Dataset],
-    rules: dict,
-    trial: dict,
+    rules: str,
+    trial: str,
     result: Output[Artifact],
 ):
     """Score one trial: k-fold CV on the training split, then the validation split."""
     from components.kfp_support import reporting_errors
 
     with reporting_errors("trial"):
-        from components.config import section
+        from components.config import from_parameter, section
         from components.io import write_json
         from components.tune import score_trial
 
-        scored = score_trial(train.path, val.path, section("train", rules), trial)
+        scored = score_trial(train.path, val.path, section("train", rules),
+                             from_parameter(trial))
         write_json(result.path, scored)
         result.metadata.update({k: scored[k] for k in ("trial", "estimator", "cv_mean",
                                                        "val_score")})
@@ -305,11 +319,11 @@ def select_op(results: Input[list[Artifact]], table: Output[Markdown], best: Out
 def retrain_op(
     train: Input[Dataset],
     val: Input[Dataset],
-    rules: dict,
+    rules: str,
     tuning: Input[Artifact],
     model: Output[Model],
     cv_metrics: Output[Metrics],
-) -> dict:
+) -> str:
     """Fit the best trial on train + validation; returns the train settings it used.
 
     Those (the chosen framework, estimator and hyperparameters over the base ``train``
@@ -318,7 +332,7 @@ def retrain_op(
     from components.kfp_support import reporting_errors
 
     with reporting_errors("retrain"):
-        from components.config import section
+        from components.config import section, to_parameter
         from components.io import read_json
         from components.kfp_support import write_metrics_file
         from components.train import train as train_core
@@ -334,4 +348,4 @@ def retrain_op(
         cv_metrics.log_metric(f"cv_{cv['metric']}_mean", cv["mean"])
         cv_metrics.log_metric(f"cv_{cv['metric']}_std", cv["std"])
         write_metrics_file(cv_metrics)
-        return chosen.model_dump(mode="json")
+        return to_parameter(chosen)

@@ -15,6 +15,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from components import stages
 from components.config import Params, load_params
 from components.errors import SlipwayError
 from pipelines import PIPELINES
@@ -162,13 +163,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = params.dataset_spec
     print(f"Running pipeline {args.pipeline!r} locally (kfp.local SubprocessRunner): dataset "
           f"{params.dataset!r} ({spec.task}), {params.train.framework}/{params.train.estimator}")
-    _print_local_notes(params, importlib.import_module(PIPELINES[args.pipeline]).TITLES)
-    result = local.run(pipeline, params, {"data_root": repo, "code_dir": repo},
-                       cache=args.cache)
+    _print_local_notes(params, stages.PIPELINES[args.pipeline])
+    result = local.run(pipeline, params, local.arguments(params, repo, repo), cache=args.cache)
     _print_summary(result)
     if args.cache:
-        print(f"  kfp.local cache: {len(result.summary['executed'])} task(s) executed, "
-              f"{len(result.summary['reused'])} reused from earlier runs")
+        print(f"  cache          {len(result.summary['executed'])} task(s) executed, "
+              f"{len(result.summary['reused'])} reused from earlier runs (CACHE=0: none)")
     if not result.ok:
         return 1
     gate = result.summary.get("gate", {})
@@ -198,9 +198,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a setting, e.g. train.estimator=svm (repeatable)")
     p_run = sub.add_parser("run", parents=[common], help="run a pipeline locally with kfp.local")
     p_run.add_argument("pipeline", nargs="?", default="training", help="pipeline name")
-    p_run.add_argument("--cache", action="store_true",
-                       help="reuse outputs of unchanged tasks from earlier local runs (kfp.local "
-                            "cache; it does not see changes to stage code or data file bytes)")
+    p_run.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                       help="reuse the outputs of tasks whose data (by content hash), settings "
+                            "and stage code are unchanged since an earlier local run (default: "
+                            "on; --no-cache runs every task)")
     p_run.set_defaults(func=cmd_run)
     p_compile = sub.add_parser("compile", parents=[common], help="compile pipelines to IR YAML")
     p_compile.add_argument("pipelines", nargs="*", help="names (default: all)")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from components.config import Params
+from components.stages import STAGES, by_task
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
@@ -89,7 +90,9 @@ class _ConsoleFilter(io.TextIOBase):
         elif m := _START.search(line):
             self.started[m.group(1)].append(time.perf_counter())
             self.executed.append(m.group(1))
-            self.terminal.write(f"  ▸ {m.group(1)}\n")
+            stage = by_task(m.group(1))
+            title = f" · {stage.title}" if stage else ""
+            self.terminal.write(f"  ▸ {m.group(1)}{title}\n")
         elif m := _END.search(line):
             name, state = m.groups()
             starts = self.started[name]
@@ -162,30 +165,40 @@ def read_summary(run_dir: Path, reused: dict[str, Path] | None = None) -> dict[s
         return _task_outputs(run_dir, task, reused)
 
     out: dict[str, Any] = {}
-    table = _meta(outputs("ingest-op"), "table")
+    table = _meta(outputs(STAGES["ingest"].task), "table")
     if table:
         out["dataset"] = {k: table.get(k) for k in ("name", "source", "md5", "rows")}
-    model = _meta(outputs("train-op"), "model") or _meta(outputs("retrain-op"), "model")
+    model = (_meta(outputs(STAGES["train"].task), "model")
+             or _meta(outputs(STAGES["retrain"].task), "model"))
     if model:
         out["model"] = model
-    best = _meta(outputs("select-op"), "best")
+    best = _meta(outputs(STAGES["select"].task), "best")
     if best:
         out["best_trial"] = best
-    uri = (outputs("evaluate-op").get("evaluation") or {}).get("uri")
+    uri = (outputs(STAGES["evaluate"].task).get("evaluation") or {}).get("uri")
     if uri and (Path(uri) / "metrics.json").is_file():
         out["metrics"] = json.loads((Path(uri) / "metrics.json").read_text())
         out["report"] = str(Path(uri) / "report.html")
-    decision = _meta(outputs("gate-op"), "decision")
+    decision = _meta(outputs(STAGES["gate"].task), "decision")
     if decision:
         out["gate"] = decision
-    version = outputs("package-op").get("model_version")
+    version = outputs(STAGES["package"].task).get("model_version")
     if version and version.get("metadata"):
         out["model_version"] = {**version["metadata"], "path": version["uri"]}
     return out
 
 
+def arguments(params: Params, data_root: str | Path, code_dir: str | Path) -> dict[str, Any]:
+    """The run's arguments that the settings do not give: where the data and the code are,
+    and the data's content hash (which keys the cache on the bytes of the data)."""
+    from components.ingest import content_key
+
+    return {"data_root": str(data_root), "code_dir": str(code_dir),
+            "dataset_md5": content_key(params.dataset_spec, data_root)}
+
+
 def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
-        terminal: TextIO = sys.stdout, cache: bool = False) -> RunResult:
+        terminal: TextIO = sys.stdout, cache: bool = True) -> RunResult:
     """Run a built pipeline with kfp.local's SubprocessRunner.
 
     Args:
@@ -193,9 +206,12 @@ def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
         params: the settings (for the pipeline root).
         arguments: pipeline arguments that differ from the defaults.
         terminal: where progress goes.
-        cache: reuse the outputs of tasks whose inputs match an earlier local run. Off by
-            default: kfp.local's cache key covers a task's parameters and input artifacts,
-            not the code of the stage cores nor the bytes of a data file behind a path.
+        cache: reuse the outputs of tasks whose inputs match an earlier local run.
+            kfp.local's key covers a task's parameters, input artifacts, image and
+            environment; the pipeline puts the data's content hash (``dataset_md5``) and
+            each stage's code version (its environment) in there, so a changed byte of
+            data, setting or stage code reruns the tasks it affects. Gate and package are
+            never reused (the stage graph says so).
     """
     from kfp import local
 

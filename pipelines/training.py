@@ -1,5 +1,6 @@
 """The ``training`` pipeline: ingest → validate → split → preprocess → train → evaluate →
-gate → package, wired with typed kfp artifacts.
+gate → package, wired with typed kfp artifacts. What each task is (title, image, cache) comes
+from the stage graph, :mod:`components.stages`.
 
 Its parameter defaults come from ``params.yaml``: :func:`build` takes the validated
 settings and returns the ``@dsl.pipeline`` function, so nothing is read at import time.
@@ -13,8 +14,13 @@ from collections.abc import Callable
 from kfp import dsl
 
 from components import kfp_components as ops
-from components.config import Params
+from components import stages
+from components.config import Params, to_parameter
 from pipelines import profiles
+
+# Every task's environment carries the hash of the code its stage runs, so that the cache
+# key (kfp.local's and the cluster's) changes exactly when that code does.
+CODE_VERSION_ENV = "SLIPWAY_CODE_VERSION"
 
 DESCRIPTION = (
     "Slipway training: ingest a DVC-versioned dataset, validate it, split it, fit "
@@ -24,54 +30,44 @@ DESCRIPTION = (
 )
 
 
-def _without_none(value):
-    """KFP parameters cannot hold null, so drop null settings; a task that re-validates its
-    section gets the field's default back, which is right only where that default is null
-    too (a setting that is off is "", never null: tests/unit/test_pipeline_defaults.py)."""
-    if isinstance(value, dict):
-        return {k: _without_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_none(v) for v in value]
-    return value
-
-
-# Dashboard names of the tasks, by the key that `kfp.task_profiles` uses.
-TITLES = {
-    "ingest": "Ingest dataset",
-    "validate": "Validate data",
-    "split": "Split train / val / test",
-    "preprocess": "Fit preprocessing",
-    "train": "Train model",
-    "evaluate": "Evaluate on test split",
-    "gate": "Gate",
-    "package": "Package model version",
-}
-
-
-def stage_settings(task: dsl.PipelineTask, key: str, params: Params,
-                   title: str | None = None) -> dsl.PipelineTask:
-    """Display name, component image, caching and the task's resource profile."""
-    task.set_display_name(title or TITLES[key])
-    task.set_container_image(params.kfp.image)
-    task.set_caching_options(True)
+def stage_settings(task: dsl.PipelineTask, key: str, params: Params) -> dsl.PipelineTask:
+    """What the stage graph says of a task: its title, its role's image, the version of
+    its code (in its cache key), whether it may be cached; and its resource profile."""
+    stage = stages.stage(key)
+    task.set_display_name(stage.title)
+    task.set_container_image(image_for(stages.image_role(stage, frameworks(params)), params))
+    task.set_env_variable(CODE_VERSION_ENV, stages.code_version(key))
+    task.set_caching_options(stage.cached)
     profiles.apply(task, params.kfp.profile_for(key)[1])
     return task
 
 
+def frameworks(params: Params) -> frozenset[str]:
+    """The training frameworks a pipeline built from ``params`` fits models with."""
+    tuned = {c.framework for c in params.tune.search_space}
+    return frozenset({params.train.framework} | tuned)
+
+
+def image_for(role: str, params: Params) -> str:
+    """The image of a role: ``kfp.image`` (one image for every role until ``make images``
+    builds one per role)."""
+    return params.kfp.image
+
+
 def pipeline_defaults(params: Params) -> dict:
-    """The settings as kfp parameter defaults: one dict per params.yaml section."""
-    sections = _without_none(params.model_dump(mode="json", by_alias=True))
-    dataset_default = sections["datasets"][params.dataset]
-    if dataset_default.get("columns"):
-        # A list keeps the file's column order; a Struct parameter would sort the keys.
-        dataset_default["columns"] = params.dataset_spec.columns_as_pairs()
-    return {**sections, "dataset": dataset_default}
+    """The settings as kfp parameter defaults: one JSON text per params.yaml section, as
+    the stages read them back (:func:`components.config.section`)."""
+    sections = params.model_dump(mode="json", by_alias=True)
+    return {**{name: to_parameter(value) for name, value in sections.items()},
+            "dataset": to_parameter(sections["datasets"][params.dataset])}
 
 
-def data_stages(params: Params, dataset_name, dataset, data_root, validate, split, preprocess):
+def data_stages(params: Params, dataset_name, dataset, dataset_md5, data_root, validate,
+                split, preprocess):
     """ingest → validate → split → preprocess; returns the preprocess task."""
     ingested = stage_settings(ops.ingest_op(dataset_name=dataset_name, dataset=dataset,
-                                            data_root=data_root), "ingest", params)
+                                            dataset_md5=dataset_md5, data_root=data_root),
+                              "ingest", params)
     checked = stage_settings(ops.validate_op(table=ingested.outputs["table"], rules=validate),
                              "validate", params)
     parts = stage_settings(ops.split_op(table=ingested.outputs["table"], rules=split),
@@ -90,7 +86,6 @@ def release_stages(params: Params, prep, model, settings: dict, gate, model_name
                             "evaluate", params)
     verdict = stage_settings(ops.gate_op(evaluation=scored.outputs["evaluation"], rules=gate,
                                          model_name=model_name), "gate", params)
-    verdict.set_caching_options(False)  # compares with the store's current model
     with dsl.If(verdict.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
         stage_settings(ops.package_op(
             transformer=prep.outputs["transformer"],
@@ -101,7 +96,7 @@ def release_stages(params: Params, prep, model, settings: dict, gate, model_name
             register=register_model,
             code_dir=code_dir,
             **settings,
-        ), "package", params).set_caching_options(False)
+        ), "package", params)
 
 
 def build(params: Params) -> Callable:
@@ -111,12 +106,13 @@ def build(params: Params) -> Callable:
     @dsl.pipeline(name="training", description=DESCRIPTION)
     def training(
         dataset_name: str = params.dataset,
-        dataset: dict = d["dataset"],
-        validate: dict = d["validate"],
-        split: dict = d["split"],
-        preprocess: dict = d["preprocess"],
-        train: dict = d["train"],
-        gate: dict = d["gate"],
+        dataset: str = d["dataset"],
+        dataset_md5: str = "",
+        validate: str = d["validate"],
+        split: str = d["split"],
+        preprocess: str = d["preprocess"],
+        train: str = d["train"],
+        gate: str = d["gate"],
         model_name: str = params.model_name(),
         register_model: bool = params.package.bentoml_store,
         data_root: str = ".",
@@ -127,6 +123,8 @@ def build(params: Params) -> Callable:
         Args:
             dataset_name: key of the dataset under ``datasets`` in params.yaml.
             dataset: that dataset's declaration (source, path, target, column types).
+            dataset_md5: the data's content hash (DVC's md5); set by the runner, it keys
+                the cache on the bytes of the data.
             validate: data validation thresholds.
             split: test and validation fractions and the seed.
             preprocess: imputation and scaling choices.
@@ -137,8 +135,8 @@ def build(params: Params) -> Callable:
             data_root: directory that dataset paths are relative to (the DVC work tree).
             code_dir: git work tree whose commit is recorded in the lineage.
         """
-        prep = data_stages(params, dataset_name, dataset, data_root, validate, split,
-                           preprocess)
+        prep = data_stages(params, dataset_name, dataset, dataset_md5, data_root, validate,
+                           split, preprocess)
         fitted = stage_settings(ops.train_op(train=prep.outputs["train_features"],
                                              val=prep.outputs["val_features"], rules=train),
                                 "train", params)

@@ -14,7 +14,6 @@ from kfp import dsl
 
 from components import kfp_components as ops
 from components.config import Params
-from pipelines import training
 from pipelines.training import data_stages, pipeline_defaults, release_stages, stage_settings
 
 DESCRIPTION = (
@@ -24,17 +23,6 @@ DESCRIPTION = (
     "test split, gate it and package it with lineage into the BentoML model store."
 )
 
-# The training pipeline's titles for the stages both run, and the tuning stages' own.
-TITLES = {
-    **{key: training.TITLES[key] for key in ("ingest", "validate", "split", "preprocess")},
-    "trials": "Draw trials",
-    "trial": "Score trial (CV + validation)",
-    "select": "Select best trial",
-    "retrain": "Retrain best on train + val",
-    **{key: training.TITLES[key] for key in ("evaluate", "gate", "package")},
-}
-
-
 def build(params: Params) -> Callable:
     """The ``tuning`` pipeline function with defaults from ``params``."""
     d = pipeline_defaults(params)
@@ -42,13 +30,14 @@ def build(params: Params) -> Callable:
     @dsl.pipeline(name="tuning", description=DESCRIPTION)
     def tuning(
         dataset_name: str = params.dataset,
-        dataset: dict = d["dataset"],
-        validate: dict = d["validate"],
-        split: dict = d["split"],
-        preprocess: dict = d["preprocess"],
-        train: dict = d["train"],
-        tune: dict = d["tune"],
-        gate: dict = d["gate"],
+        dataset: str = d["dataset"],
+        dataset_md5: str = "",
+        validate: str = d["validate"],
+        split: str = d["split"],
+        preprocess: str = d["preprocess"],
+        train: str = d["train"],
+        tune: str = d["tune"],
+        gate: str = d["gate"],
         model_name: str = params.model_name(),
         register_model: bool = params.package.bentoml_store,
         data_root: str = ".",
@@ -59,6 +48,8 @@ def build(params: Params) -> Callable:
         Args:
             dataset_name: key of the dataset under ``datasets`` in params.yaml.
             dataset: that dataset's declaration (source, path, target, column types).
+            dataset_md5: the data's content hash (DVC's md5); set by the runner, it keys
+                the cache on the bytes of the data.
             validate: data validation thresholds.
             split: test and validation fractions and the seed.
             preprocess: imputation and scaling choices.
@@ -73,22 +64,21 @@ def build(params: Params) -> Callable:
             data_root: directory that dataset paths are relative to (the DVC work tree).
             code_dir: git work tree whose commit is recorded in the lineage.
         """
-        prep = data_stages(params, dataset_name, dataset, data_root, validate, split,
-                           preprocess)
-        drawn = stage_settings(ops.trials_op(tune=tune, train=train), "trials", params,
-                               TITLES["trials"])
+        prep = data_stages(params, dataset_name, dataset, dataset_md5, data_root, validate,
+                           split, preprocess)
+        drawn = stage_settings(ops.trials_op(tune=tune, train=train), "trials", params)
         with dsl.ParallelFor(drawn.output, parallelism=params.tune.parallelism) as trial:
             scored = stage_settings(
                 ops.trial_op(train=prep.outputs["train_features"],
                              val=prep.outputs["val_features"], rules=train, trial=trial),
-                "trial", params, TITLES["trial"])
+                "trial", params)
         chosen = stage_settings(ops.select_op(results=dsl.Collected(scored.outputs["result"])),
-                                "select", params, TITLES["select"])
+                                "select", params)
         fitted = stage_settings(
             ops.retrain_op(train=prep.outputs["train_features"],
                            val=prep.outputs["val_features"], rules=train,
                            tuning=chosen.outputs["best"]),
-            "retrain", params, TITLES["retrain"])
+            "retrain", params)
         # The lineage records the settings the model was fitted with: the chosen trial's.
         release_stages(params, prep, fitted.outputs["model"],
                        {"dataset_name": dataset_name, "dataset": dataset, "validate": validate,

@@ -82,10 +82,6 @@ def _where(estimator: str, key: str) -> str:
 
 
 def _int(estimator: str, key: str, value: Any, low: int) -> int:
-    # Settings that travel as kfp parameters pass through protobuf, where every number is
-    # a double: ``epochs: 30`` arrives as 30.0.
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise SlipwayError(f"{key} must be a whole number >= {low}, got {value!r}",
                            f"correct {_where(estimator, key)}")

@@ -51,28 +51,6 @@ def estimator_class(name: str, task: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-def _restore_int(cls: type, name: str, value: Any, default: Any) -> Any:
-    """Give back the int a whole float stood for, where the estimator wants an int.
-
-    Settings that travel as kfp parameters pass through protobuf, where every number is a
-    double: ``min_samples_leaf: 1`` arrives as ``1.0``, which scikit-learn reads as a
-    fraction. A whole float becomes an int when the parameter takes integers and either
-    takes no other reals or defaults to an int.
-    """
-    from numbers import Integral, Real
-
-    if not isinstance(value, float) or not value.is_integer():
-        return value
-    constraints = getattr(cls, "_parameter_constraints", {}).get(name, [])
-    kinds = {getattr(c, "type", c) for c in constraints}
-    takes_int = bool(kinds & {Integral, int, "int"})
-    takes_real = bool(kinds & {Real, float, "real"}) or any(
-        getattr(k, "__name__", "") == "RealNotInt" for k in kinds
-    )
-    default_is_int = isinstance(default, int) and not isinstance(default, bool)
-    return int(value) if takes_int and (not takes_real or default_is_int) else value
-
-
 class SklearnTrainer(Trainer):
     framework = "sklearn"
 
@@ -85,7 +63,6 @@ class SklearnTrainer(Trainer):
         kwargs = dict(hyperparameters)
         valid = cls().get_params()
         reject_unknown_hyperparameters(cls.__name__, estimator, kwargs, valid)
-        kwargs = {k: _restore_int(cls, k, v, valid[k]) for k, v in kwargs.items()}
         self.hyperparameters = dict(kwargs)  # as used, recorded in trainer.json
         if "random_state" in valid:
             kwargs.setdefault("random_state", seed)

@@ -203,22 +203,6 @@ def test_parse_overrides_scalar_then_nested_key_is_a_slipway_error():
         parse_overrides(["train=1", "train.seed=2"])
 
 
-def test_file_dataset_columns_as_pairs_keep_file_order():
-    spec = FileDataset.model_validate({
-        "source": "file", "path": "data/x.data", "format": "whitespace", "header": False,
-        "target": "a", "task": "regression",
-        "columns": [["z", "numeric"], ["b", "categorical"], ["a", "numeric"], ["m", "drop"]],
-    })
-
-    assert list(spec.columns) == ["z", "b", "a", "m"]
-    assert spec.columns_as_pairs() == [
-        ["z", "numeric"], ["b", "categorical"], ["a", "numeric"], ["m", "drop"],
-    ]
-    assert FileDataset.model_validate(
-        {**spec.model_dump(), "columns": spec.columns_as_pairs()}
-    ) == spec
-
-
 def test_section_validates_one_section():
     assert section("split", {"test_size": 0.3, "seed": 1}).test_size == 0.3
 

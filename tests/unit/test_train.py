@@ -5,9 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsRegressor
 from sklearn.svm import SVC
 
 from components.config import TrainParams
@@ -15,7 +12,7 @@ from components.errors import SlipwayError
 from components.io import read_json, write_table
 from components.train import checkpoint_dir, encode_target, load_model, train
 from components.trainers import get_trainer, load_trainer
-from components.trainers.sklearn import SklearnTrainer, _restore_int
+from components.trainers.sklearn import SklearnTrainer
 
 SMALL = {"n_estimators": 30}
 CASES = [
@@ -200,36 +197,6 @@ def test_more_folds_than_rows_is_a_slipway_error():
 
     with pytest.raises(SlipwayError, match="cv_folds"):
         trainer.cross_validate(x, np.array([0, 0, 1, 1]), 5)
-
-
-@pytest.mark.parametrize(
-    ("cls", "name", "value", "expected"),
-    [
-        (RandomForestClassifier, "min_samples_leaf", 1.0, 1),
-        (RandomForestClassifier, "n_estimators", 50.0, 50),
-        (GradientBoostingClassifier, "max_depth", 3.0, 3),
-        (KNeighborsRegressor, "n_neighbors", 7.0, 7),
-        (LogisticRegression, "max_iter", 2000.0, 2000),
-        (RandomForestClassifier, "min_samples_leaf", 0.25, 0.25),
-        (RandomForestClassifier, "max_features", 1.0, 1.0),
-        (LogisticRegression, "C", 1.0, 1.0),
-        (SVC, "gamma", 2.0, 2.0),
-        (SVC, "kernel", "rbf", "rbf"),
-    ],
-)
-def test_restore_int_turns_whole_floats_back_into_ints_where_wanted(cls, name, value, expected):
-    restored = _restore_int(cls, name, value, cls().get_params()[name])
-
-    assert restored == expected
-    assert type(restored) is type(expected)
-
-
-def test_whole_float_hyperparameters_reach_the_estimator_as_ints():
-    model = SklearnTrainer("classification", "random_forest",
-                           {"n_estimators": 5.0, "min_samples_leaf": 1.0}, 0).model
-
-    assert type(model.n_estimators) is int and model.n_estimators == 5
-    assert type(model.min_samples_leaf) is int and model.min_samples_leaf == 1
 
 
 def test_encode_target():

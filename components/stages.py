@@ -1,0 +1,205 @@
+"""The stage graph: every stage of Slipway declared once.
+
+A :class:`Stage` names what the rest of the project needs to know about a stage: its key
+(``kfp.task_profiles`` and the stage CLIs use it), its title on the Kubeflow dashboard, its
+kfp component (in :mod:`components.kfp_components`), its pure core module, the image role
+its task runs in, and whether its task may be reused from the cache. The pipelines, the
+local run's summary and progress, the benchmarks and the test fixtures all read it from
+here; a stage's artifact inputs and outputs are read from its kfp component's own
+signature, so they are written once too.
+
+:func:`code_version` hashes the source of a stage's core and of every ``components``
+module it imports (lazily too), so a task's cache key changes exactly when the code it
+runs changes.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+# Image roles (one image each, `make images`); "trainer" resolves to one of them by the
+# framework that fits the model (see image_role).
+ROLES = ("stages", "torch", "keras", "serving")
+TRAINER = "trainer"
+FRAMEWORK_ROLES = {"sklearn": "stages", "torch": "torch", "keras": "keras"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipelines.
+
+    Attributes:
+        key: its name in params.yaml (``kfp.task_profiles``) and for the stage CLI.
+        title: the task's display name on the Kubeflow dashboard.
+        op: the kfp component's function name in :mod:`components.kfp_components`.
+        core: the module holding the stage's pure logic.
+        role: the image its task runs in, or ``"trainer"`` for the framework's image.
+        cached: whether a task may be served from the cache. Gate and package compare
+            with, and write to, the model store: never reused.
+    """
+
+    key: str
+    title: str
+    op: str
+    core: str
+    role: str = "stages"
+    cached: bool = True
+
+    @property
+    def task(self) -> str:
+        """kfp's name for the task (and its folder under a local run)."""
+        return self.op.replace("_", "-")
+
+    def component(self) -> Any:
+        """The kfp component (imports kfp)."""
+        from components import kfp_components
+
+        return getattr(kfp_components, self.op)
+
+    def inputs(self) -> list[str]:
+        """Artifact inputs, from the component's signature."""
+        return sorted(self.component().component_spec.inputs or {})
+
+    def outputs(self) -> list[str]:
+        """Outputs, from the component's signature (``Output`` for a return value)."""
+        return sorted(self.component().component_spec.outputs or {})
+
+
+_STAGES = (
+    Stage("ingest", "Ingest dataset", "ingest_op", "components.ingest"),
+    Stage("validate", "Validate data", "validate_op", "components.validate"),
+    Stage("split", "Split train / val / test", "split_op", "components.split"),
+    Stage("preprocess", "Fit preprocessing", "preprocess_op", "components.preprocess"),
+    Stage("train", "Train model", "train_op", "components.train", role=TRAINER),
+    Stage("trials", "Draw trials", "trials_op", "components.tune"),
+    Stage("trial", "Score trial (CV + validation)", "trial_op", "components.tune",
+          role=TRAINER),
+    Stage("select", "Select best trial", "select_op", "components.tune"),
+    Stage("retrain", "Retrain best on train + val", "retrain_op", "components.tune",
+          role=TRAINER),
+    Stage("evaluate", "Evaluate on test split", "evaluate_op", "components.evaluate",
+          role=TRAINER),
+    Stage("gate", "Gate", "gate_op", "components.gate", cached=False),
+    Stage("package", "Package model version", "package_op", "components.package",
+          role=TRAINER, cached=False),
+)
+STAGES: dict[str, Stage] = {s.key: s for s in _STAGES}
+
+# The pipelines, as the stages they run in order.
+PIPELINES: dict[str, tuple[str, ...]] = {
+    "training": ("ingest", "validate", "split", "preprocess", "train", "evaluate", "gate",
+                 "package"),
+    "tuning": ("ingest", "validate", "split", "preprocess", "trials", "trial", "select",
+               "retrain", "evaluate", "gate", "package"),
+}
+
+
+def stage(key: str) -> Stage:
+    """The stage named ``key``; an unknown key is an error that lists the known ones."""
+    try:
+        return STAGES[key]
+    except KeyError:
+        raise KeyError(f"unknown stage {key!r}; stages: {', '.join(STAGES)}") from None
+
+
+def by_task(task: str) -> Stage | None:
+    """The stage whose kfp task name is ``task`` (``"train-op"``), or None."""
+    return next((s for s in _STAGES if s.task == task), None)
+
+
+def stages_of(pipeline: str) -> list[Stage]:
+    """The stages of a pipeline, in order."""
+    return [STAGES[k] for k in PIPELINES[pipeline]]
+
+
+def image_role(stage_: Stage, frameworks: set[str] | frozenset[str]) -> str:
+    """The image role a stage's task runs in.
+
+    Args:
+        stage_: the stage.
+        frameworks: the training frameworks the pipeline's models use (``train.framework``,
+            or every framework of the tuning search space).
+
+    Returns:
+        A role of :data:`ROLES`. A trainer stage whose models span two deep-learning
+        frameworks has no single image: that is an error naming them.
+    """
+    if stage_.role != TRAINER:
+        return stage_.role
+    roles = {FRAMEWORK_ROLES[f] for f in frameworks} - {"stages"} or {"stages"}
+    if len(roles) > 1:
+        raise ValueError(
+            f"stage {stage_.key!r} would need the {' and '.join(sorted(roles))} images at "
+            "once: tune one deep-learning framework per run"
+        )
+    return roles.pop()
+
+
+def _imports(path: Path) -> set[str]:
+    """The ``components`` modules a file imports, anywhere in it (lazy imports too)."""
+    return _imports_in(ast.parse(path.read_text(), str(path)))
+
+
+def _imports_in(tree: ast.AST) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("components.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "components":
+                found |= {f"components.{a.name}" for a in node.names}
+            elif node.module.startswith("components."):
+                found.add(node.module)
+                # `from components.trainers import sklearn` names a submodule
+                found |= {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def _module_file(module: str) -> Path | None:
+    rel = Path(*module.split(".")[1:])
+    for candidate in (PACKAGE_DIR / rel.with_suffix(".py"), PACKAGE_DIR / rel / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _op_imports(op: str) -> set[str]:
+    """The ``components`` modules a kfp component's body imports (its adapters' helpers)."""
+    tree = ast.parse((PACKAGE_DIR / "kfp_components.py").read_text())
+    body = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == op)
+    return _imports_in(body)
+
+
+def source_files(*modules: str) -> list[Path]:
+    """The files of ``modules`` and of every ``components`` module they reach, sorted."""
+    seen: set[Path] = set()
+    todo = list(modules)
+    while todo:
+        path = _module_file(todo.pop())
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        todo.extend(_imports(path))
+        if path.name == "__init__.py":  # a package: every module in it may be loaded
+            todo.extend(f"components.{'.'.join(p.relative_to(PACKAGE_DIR).with_suffix('').parts)}"
+                        for p in path.parent.glob("*.py") if p.name != "__init__.py")
+    return sorted(seen)
+
+
+@cache
+def code_version(key: str) -> str:
+    """A hash of the source a stage runs: its core and every ``components`` module that it
+    or its kfp component's body imports (the body itself is part of the task's command)."""
+    stage_ = stage(key)
+    digest = hashlib.sha256()
+    for path in source_files(stage_.core, *_op_imports(stage_.op)):
+        digest.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
