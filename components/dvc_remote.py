@@ -13,6 +13,8 @@ as DVC and boto read them: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ...
   against the pointer itself (DVC does not re-hash what it downloads from an object
   store, and on a local remote it drops a corrupted object and reports it "missing") and
   moves it into place atomically: on any error nothing is left at the destination.
+- :func:`ensure_dataset` (the ingest task) fetches a dataset only when it is not already
+  under the data root; :func:`read_pointer` reads a ``.dvc`` file's pointer.
 - :func:`push` sends a directory (a model version) to the remote and returns its pointer
   (``md5`` of the ``.dir`` manifest, ``size``, ``nfiles``), the ``outs`` entry of a
   ``.dvc`` file.
@@ -337,6 +339,72 @@ def push(path: str | Path, remote: dict[str, Any]) -> dict[str, Any]:
                 "the push", "check the remote is writable, then run again")
     entry["path"] = path.name
     return {k: entry[k] for k in ("md5", "size", "nfiles", "hash", "path") if k in entry}
+
+
+def read_pointer(data_path: str | Path, root: str | Path = ".") -> dict[str, Any] | None:
+    """The ``outs`` entry of ``<data_path>.dvc`` under ``root``, or None without one."""
+    dvc_file = Path(root) / f"{data_path}.dvc"
+    if not dvc_file.is_file():
+        return None
+    try:
+        entry = yaml.safe_load(dvc_file.read_text())["outs"][0]
+    except (yaml.YAMLError, KeyError, IndexError, TypeError):
+        raise SlipwayError(f"{dvc_file} is not a DVC pointer (no outs entry)",
+                           f"restore it from git: `git checkout -- {dvc_file}`") from None
+    return {k: entry[k] for k in ("md5", "size", "nfiles", "hash", "path") if k in entry}
+
+
+def ensure_dataset(data_path: str | None, root: str | Path, pointer: dict[str, Any] | None,
+                   remote: dict[str, Any] | None) -> bool:
+    """Make the dataset at ``root/data_path`` present: fetch it by its pointer if absent.
+
+    Returns:
+        True when it was fetched (and verified against the pointer), False when it was
+        already in place or the dataset has no file (a bundled set).
+
+    Raises:
+        SlipwayError: absent with no pointer or no remote to get it from, or the fetch
+            failed (see :func:`fetch`).
+    """
+    if not data_path:
+        return False
+    target = Path(root) / data_path
+    if target.exists():
+        return False
+    if not pointer:
+        return False  # the stage itself says the data is missing, naming its path
+    if not remote:
+        raise SlipwayError(
+            f"data {data_path} is not under {root} and no DVC remote was given to fetch it "
+            f"(md5 {pointer.get('md5')})",
+            "configure a default DVC remote (`dvc remote add -d NAME URL`) in the repository "
+            "the pipeline is run or compiled from, or pass the dvc_remote parameter",
+        )
+    fetch({**pointer, "path": str(data_path)}, remote, target)
+    return True
+
+
+def pipeline_arguments(data_path: str | None, root: str | Path = ".",
+                       portable: bool = False) -> dict[str, str]:
+    """The DVC arguments of a pipeline run, as kfp parameters (JSON text, "" for none).
+
+    ``dataset_pointer``: the outs entry of ``<data_path>.dvc``; ``dvc_remote``: the
+    repository's default remote. ``portable=True`` (a compiled pipeline) keeps only a
+    remote other machines can reach (a url with a scheme, such as ``s3://``): a local
+    directory is this machine's.
+    """
+    root = Path(root)
+    pointer = read_pointer(data_path, root) if data_path else None
+    remote: dict[str, Any] | None = None
+    if (root / ".dvc").is_dir():
+        try:
+            remote = remote_config(root)
+        except SlipwayError:
+            remote = None  # no default remote: data must be in place, versions stay local
+    if remote and portable and "://" not in str(remote.get("url", "")):
+        remote = None
+    return {"dataset_pointer": json.dumps(pointer) if pointer else "",
+            "dvc_remote": json.dumps(remote) if remote else ""}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -198,8 +198,9 @@ def content_key(spec: SklearnDataset | FileDataset | Cifar10Dataset,
     """The content hash a run expects of its data, known before any task reads it.
 
     A file's md5 (DVC's hash, the one in its ``.dvc`` pointer); for CIFAR-10 the md5 of
-    its files' md5s; for a dataset bundled with scikit-learn, the library's name and
-    version (the data changes only with the library). It keys the cache on the bytes,
+    its files' md5s; for data not in place but tracked by DVC, its pointer's md5; for a
+    dataset bundled with scikit-learn, the library's name and version (the data changes
+    only with the library). It keys the cache on the bytes,
     not the path, so a file changed in place is not served from the cache.
 
     Raises:
@@ -210,6 +211,12 @@ def content_key(spec: SklearnDataset | FileDataset | Cifar10Dataset,
         from importlib.metadata import version
 
         return f"scikit-learn-{version('scikit-learn')}-{spec.name}"
+    if not (root / spec.path).exists():
+        from components.dvc_remote import read_pointer
+
+        # not here: the ingest task fetches it by its DVC pointer, whose md5 keys the run
+        if pointer := read_pointer(spec.path, root):
+            return pointer["md5"]
     if isinstance(spec, Cifar10Dataset):
         return _files_md5(cifar_files(spec, root))
     path = root / spec.path

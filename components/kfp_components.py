@@ -34,20 +34,28 @@ _component = dsl.component(base_image="python:3.11", install_kfp_package=False)
 
 @_component
 def ingest_op(dataset_name: str, dataset: str, dataset_md5: str, data_root: str,
-              table: Output[Dataset]):
+              dataset_pointer: str, dvc_remote: str, table: Output[Dataset]):
     """Read the dataset declared in params.yaml into a typed Parquet table.
 
     ``dataset_md5`` is the content hash the run expects (DVC's md5 of the data): it keys
     the cache on the data, not its path, and the stage checks the data against it.
+    Data not under ``data_root`` is first fetched from the DVC remote (``dvc_remote``,
+    JSON) by its pointer (``dataset_pointer``, the ``.dvc`` file's outs entry as JSON).
     """
     from components.kfp_support import reporting_errors
 
     with reporting_errors("ingest"):
-        from components.config import dataset_spec
+        from components.config import dataset_spec, from_parameter
+        from components.dvc_remote import ensure_dataset
         from components.ingest import ingest
 
-        meta = ingest(dataset_name, dataset_spec(dataset), table.path, data_root,
-                      expected_md5=dataset_md5)
+        spec = dataset_spec(dataset)
+        fetched = ensure_dataset(getattr(spec, "path", None), data_root,
+                                 from_parameter(dataset_pointer or "null"),
+                                 from_parameter(dvc_remote or "null"))
+        # fetched data was verified against its DVC pointer, the stronger check
+        meta = ingest(dataset_name, spec, table.path, data_root,
+                      expected_md5="" if fetched else dataset_md5)
         table.metadata.update({k: v for k, v in meta.items() if k != "features"})
 
 
@@ -222,9 +230,11 @@ def package_op(
     model_name: str,
     register: bool,
     code_dir: str,
+    dvc_remote: str,
     model_version: Output[Model],
 ):
-    """Write the model version (skops files, schema, metrics, lineage); register it in BentoML.
+    """Write the model version (skops files, schema, metrics, lineage); register it in BentoML;
+    push it to the DVC remote (``dvc_remote``, JSON; "" for none) and record its pointer.
 
     The settings arrive section by section (a dict of pipeline channels is not resolved
     by kfp.local) and are recorded together in the lineage, as params.yaml wrote them.
@@ -252,6 +262,11 @@ def package_op(
         if register:
             model_version.metadata["bentoml_tag"] = register_version(model_version.path,
                                                                      model_name)
+        if dvc_remote:  # the version's DVC pointer: `dvc pull` restores it anywhere
+            from components.dvc_remote import push
+
+            model_version.metadata["dvc"] = push(model_version.path,
+                                                 from_parameter(dvc_remote))
 
 
 # ---- tuning ------------------------------------------------------------------------------

@@ -79,7 +79,8 @@ def _preflight(params: Params, pipeline: str) -> None:
     (for tuning: a trial) names a model or setting its backend does not have."""
     _check_trainers(params, pipeline)
     path = getattr(params.dataset_spec, "path", None)
-    if path and not Path(path).exists():
+    # data tracked by DVC but not here: the ingest task fetches it from the DVC remote
+    if path and not Path(path).exists() and not Path(f"{path}.dvc").is_file():
         hint = (f"run `dvc pull {path}.dvc` to fetch it from the DVC remote"
                 if Path(f"{path}.dvc").is_file() else "correct the dataset's `path`")
         raise SlipwayError(f"data file {path} for dataset {params.dataset!r} not found", hint)
@@ -172,7 +173,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not result.ok:
         return 1
     gate = result.summary.get("gate", {})
-    return 0 if gate.get("passed", True) else 3
+    if not gate.get("passed", True):
+        return 3
+    if args.export:
+        _export(result.summary, args.export, args.metrics)
+    return 0
+
+
+def _export(summary: dict, version_dir: Path, metrics: Path | None) -> None:
+    """Copy the packaged model version (and its test metrics) out of the pipeline root,
+    for DVC to cache and version (dvc.yaml's stage); written only after a passed gate,
+    each file atomically."""
+    import shutil
+
+    from components.io import atomic_dir, write_json
+
+    version = summary.get("model_version")
+    if not version:
+        raise SlipwayError("the run packaged no model version to export",
+                           "check the run's summary above")
+    with atomic_dir(version_dir) as tmp:
+        shutil.copytree(version["path"], tmp, dirs_exist_ok=True)
+    if metrics:
+        write_json(metrics, summary.get("metrics", {}))
+    print(f"  exported       {_shown(version_dir)}" + (f", {_shown(metrics)}" if metrics else ""))
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -202,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="reuse the outputs of tasks whose data (by content hash), settings "
                             "and stage code are unchanged since an earlier local run (default: "
                             "on; --no-cache runs every task)")
+    p_run.add_argument("--export", type=Path, metavar="DIR",
+                       help="copy the packaged model version to DIR after a passed gate "
+                            "(dvc.yaml's stage versions it)")
+    p_run.add_argument("--metrics", type=Path, metavar="FILE",
+                       help="with --export: write the test metrics to FILE (JSON)")
     p_run.set_defaults(func=cmd_run)
     p_compile = sub.add_parser("compile", parents=[common], help="compile pipelines to IR YAML")
     p_compile.add_argument("pipelines", nargs="*", help="names (default: all)")

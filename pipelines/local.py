@@ -190,11 +190,15 @@ def read_summary(run_dir: Path, reused: dict[str, Path] | None = None) -> dict[s
 
 def arguments(params: Params, data_root: str | Path, code_dir: str | Path) -> dict[str, Any]:
     """The run's arguments that the settings do not give: where the data and the code are,
-    and the data's content hash (which keys the cache on the bytes of the data)."""
+    the data's content hash (which keys the cache on the bytes of the data), its DVC
+    pointer and the repository's DVC remote (data absent here is fetched from it; the
+    packaged model version is pushed to it)."""
+    from components.dvc_remote import pipeline_arguments
     from components.ingest import content_key
 
     return {"data_root": str(data_root), "code_dir": str(code_dir),
-            "dataset_md5": content_key(params.dataset_spec, data_root)}
+            "dataset_md5": content_key(params.dataset_spec, data_root),
+            **pipeline_arguments(getattr(params.dataset_spec, "path", None), data_root)}
 
 
 def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],

@@ -62,11 +62,20 @@ def pipeline_defaults(params: Params) -> dict:
             "dataset": to_parameter(sections["datasets"][params.dataset])}
 
 
+def dvc_defaults(params: Params) -> dict[str, str]:
+    """The dataset's DVC pointer and the repository's object-store remote, as compiled in."""
+    from components.dvc_remote import pipeline_arguments
+
+    return pipeline_arguments(getattr(params.dataset_spec, "path", None), ".", portable=True)
+
+
 def data_stages(params: Params, dataset_name, dataset, dataset_md5, data_root, validate,
-                split, preprocess):
+                split, preprocess, dataset_pointer="", dvc_remote=""):
     """ingest → validate → split → preprocess; returns the preprocess task."""
     ingested = stage_settings(ops.ingest_op(dataset_name=dataset_name, dataset=dataset,
-                                            dataset_md5=dataset_md5, data_root=data_root),
+                                            dataset_md5=dataset_md5, data_root=data_root,
+                                            dataset_pointer=dataset_pointer,
+                                            dvc_remote=dvc_remote),
                               "ingest", params)
     checked = stage_settings(ops.validate_op(table=ingested.outputs["table"], rules=validate),
                              "validate", params)
@@ -80,7 +89,7 @@ def data_stages(params: Params, dataset_name, dataset, dataset_md5, data_root, v
 
 
 def release_stages(params: Params, prep, model, settings: dict, gate, model_name,
-                   register_model, code_dir) -> None:
+                   register_model, code_dir, dvc_remote="") -> None:
     """evaluate → gate → (if passed) package, for a fitted model."""
     scored = stage_settings(ops.evaluate_op(model=model, test=prep.outputs["test_features"]),
                             "evaluate", params)
@@ -95,6 +104,7 @@ def release_stages(params: Params, prep, model, settings: dict, gate, model_name
             model_name=model_name,
             register=register_model,
             code_dir=code_dir,
+            dvc_remote=dvc_remote,
             **settings,
         ), "package", params)
 
@@ -102,6 +112,7 @@ def release_stages(params: Params, prep, model, settings: dict, gate, model_name
 def build(params: Params) -> Callable:
     """The ``training`` pipeline function with defaults from ``params``."""
     d = pipeline_defaults(params)
+    dvc = dvc_defaults(params)
 
     @dsl.pipeline(name="training", description=DESCRIPTION)
     def training(
@@ -117,6 +128,8 @@ def build(params: Params) -> Callable:
         register_model: bool = params.package.bentoml_store,
         data_root: str = ".",
         code_dir: str = ".",
+        dataset_pointer: str = dvc["dataset_pointer"],
+        dvc_remote: str = dvc["dvc_remote"],
     ):
         """Train, evaluate, gate and package one model.
 
@@ -134,15 +147,20 @@ def build(params: Params) -> Callable:
             register_model: add the packaged version to the BentoML model store.
             data_root: directory that dataset paths are relative to (the DVC work tree).
             code_dir: git work tree whose commit is recorded in the lineage.
+            dataset_pointer: the data's DVC pointer (its ``.dvc`` outs entry, JSON): ingest
+                fetches the data by it when it is not under ``data_root``.
+            dvc_remote: the DVC remote (JSON: name, url, endpointurl; credentials come
+                from the task's environment): the data comes from it, the packaged model
+                version goes to it. "" for none.
         """
         prep = data_stages(params, dataset_name, dataset, dataset_md5, data_root, validate,
-                           split, preprocess)
+                           split, preprocess, dataset_pointer, dvc_remote)
         fitted = stage_settings(ops.train_op(train=prep.outputs["train_features"],
                                              val=prep.outputs["val_features"], rules=train),
                                 "train", params)
         release_stages(params, prep, fitted.outputs["model"],
                        {"dataset_name": dataset_name, "dataset": dataset, "validate": validate,
                         "split": split, "preprocess": preprocess, "train": train},
-                       gate, model_name, register_model, code_dir)
+                       gate, model_name, register_model, code_dir, dvc_remote)
 
     return training

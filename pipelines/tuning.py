@@ -14,7 +14,13 @@ from kfp import dsl
 
 from components import kfp_components as ops
 from components.config import Params
-from pipelines.training import data_stages, pipeline_defaults, release_stages, stage_settings
+from pipelines.training import (
+    data_stages,
+    dvc_defaults,
+    pipeline_defaults,
+    release_stages,
+    stage_settings,
+)
 
 DESCRIPTION = (
     "Slipway tuning: ingest, validate, split and preprocess a DVC-versioned dataset; score "
@@ -26,6 +32,7 @@ DESCRIPTION = (
 def build(params: Params) -> Callable:
     """The ``tuning`` pipeline function with defaults from ``params``."""
     d = pipeline_defaults(params)
+    dvc = dvc_defaults(params)
 
     @dsl.pipeline(name="tuning", description=DESCRIPTION)
     def tuning(
@@ -42,6 +49,8 @@ def build(params: Params) -> Callable:
         register_model: bool = params.package.bentoml_store,
         data_root: str = ".",
         code_dir: str = ".",
+        dataset_pointer: str = dvc["dataset_pointer"],
+        dvc_remote: str = dvc["dvc_remote"],
     ):
         """Tune, then evaluate, gate and package the best model.
 
@@ -63,9 +72,11 @@ def build(params: Params) -> Callable:
             register_model: add the packaged version to the BentoML model store.
             data_root: directory that dataset paths are relative to (the DVC work tree).
             code_dir: git work tree whose commit is recorded in the lineage.
+            dataset_pointer: the data's DVC pointer (JSON), to fetch it when absent.
+            dvc_remote: the DVC remote (JSON; "" for none): data in, model version out.
         """
         prep = data_stages(params, dataset_name, dataset, dataset_md5, data_root, validate,
-                           split, preprocess)
+                           split, preprocess, dataset_pointer, dvc_remote)
         drawn = stage_settings(ops.trials_op(tune=tune, train=train), "trials", params)
         with dsl.ParallelFor(drawn.output, parallelism=params.tune.parallelism) as trial:
             scored = stage_settings(
@@ -84,6 +95,6 @@ def build(params: Params) -> Callable:
                        {"dataset_name": dataset_name, "dataset": dataset, "validate": validate,
                         "split": split, "preprocess": preprocess,
                         "train": fitted.outputs["Output"]},
-                       gate, model_name, register_model, code_dir)
+                       gate, model_name, register_model, code_dir, dvc_remote)
 
     return tuning
