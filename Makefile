@@ -41,8 +41,19 @@ $(STAMP): pyproject.toml requirements.lock
 setup: $(STAMP) ## create the environment, set the DVC remote and fetch the data (idempotent)
 	@$(PY) -m pipelines.workspace --remote "$(DVC_REMOTE)"
 
-run: setup ## run the training pipeline locally with kfp.local (SET="key=value ..." overrides)
+# make run: the training pipeline through DVC's one stage (dvc.yaml), so DVC versions the
+# model it packages: `dvc repro` (nothing changed: nothing runs), or with SET= an experiment,
+# `dvc exp run -S key=value ...` (listed by `dvc exp show`). Outside a git work tree, or for
+# another PIPELINE, the pipeline runs directly (`python -m pipelines run`), unversioned.
+DVC_RUN := $(shell git rev-parse --git-dir > /dev/null 2>&1 && echo yes)
+run: setup ## train through DVC: dvc repro, or dvc exp run -S for SET="key=value ..." (CACHE=0: rerun all)
+ifeq ($(DVC_RUN)$(PIPELINE),yestraining)
+	@export SLIPWAY_CACHE=$(if $(filter 0,$(CACHE)),0,1); \
+	$(if $(SET),$(DVC) exp run $(foreach s,$(SET),-S $(s)),$(DVC) repro $(if $(filter 0,$(CACHE)),--force) training)
+	@echo "==> model version: models/current (dvc.lock); commit dvc.lock reports/metrics.json, then make push"
+else
 	@$(PY) -m pipelines run $(PIPELINE) $(if $(filter 0,$(CACHE)),--no-cache) $(foreach s,$(SET),--set $(s))
+endif
 
 tune: setup ## run the tuning pipeline locally: trials in parallel, best retrained, gated, packaged
 	@$(PY) -m pipelines run tuning $(if $(filter 0,$(CACHE)),--no-cache) $(foreach s,$(SET),--set $(s))
@@ -53,13 +64,13 @@ seeds: setup ## reproduce three classic workflows; table of expected vs measured
 compile: setup ## compile every pipeline to build/pipelines/<name>.yaml (KFP IR)
 	@$(PY) -m pipelines compile --out-dir build/pipelines $(foreach s,$(SET),--set $(s))
 
-repro: setup ## run the DVC pipeline (dvc.yaml): only stages whose inputs changed
+repro: setup ## dvc repro: the pipeline's DVC stage, only if code, data or params changed
 	@$(DVC) repro
 
-push: setup ## push DVC-tracked data and models to the DVC remote
+push: setup ## push the data and the model version (dvc.lock) to the DVC remote
 	@$(DVC) push
 
-pull: setup ## pull DVC-tracked data and models from the DVC remote
+pull: setup ## restore the data and the committed model version (dvc.lock) from the DVC remote
 	@$(DVC) pull
 
 # With a CUDA GPU, the suite runs twice: everything but the gpu tests with CUDA hidden (their

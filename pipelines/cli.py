@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -118,6 +119,8 @@ def _print_summary(result, out=sys.stdout) -> None:
         w(f"  model version  {v['version']}\n")
         if "bentoml_tag" in v:
             w(f"  BentoML model  {v['bentoml_tag']}\n")
+        if pointer := v.get("dvc"):
+            w(f"  DVC remote     pushed, md5 {pointer['md5']} ({int(pointer['nfiles'])} files)\n")
         w(f"  files          {_shown(v['path'])}\n")
     if report := s.get("report"):
         w(f"  report         {_shown(report)}\n")
@@ -222,10 +225,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a setting, e.g. train.estimator=svm (repeatable)")
     p_run = sub.add_parser("run", parents=[common], help="run a pipeline locally with kfp.local")
     p_run.add_argument("pipeline", nargs="?", default="training", help="pipeline name")
-    p_run.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+    p_run.add_argument("--cache", action=argparse.BooleanOptionalAction,
+                       default=os.environ.get("SLIPWAY_CACHE", "1") != "0",
                        help="reuse the outputs of tasks whose data (by content hash), settings "
                             "and stage code are unchanged since an earlier local run (default: "
-                            "on; --no-cache runs every task)")
+                            "on, or SLIPWAY_CACHE=0 off; --no-cache runs every task)")
     p_run.add_argument("--export", type=Path, metavar="DIR",
                        help="copy the packaged model version to DIR after a passed gate "
                             "(dvc.yaml's stage versions it)")
