@@ -29,6 +29,8 @@ from components.dvc_remote import fetch, push, remote_config
 from components.errors import SlipwayError
 from tests.integration.object_store import free_port
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def make_version(root: Path) -> Path:
     """A small model-version-like directory: nested files, one binary."""
@@ -237,3 +239,38 @@ def test_remote_config_reads_the_default_remote(tmp_path):
     subprocess.run([*dvc, "remote", "add", "--local", "-f", "-d", "here", "../remote"],
                    cwd=repo, check=True)
     assert remote_config(repo) == {"name": "here", "url": str(tmp_path / "remote")}
+
+
+def test_compiled_pipeline_carries_the_pointer_and_only_an_object_store_remote(
+        tmp_path, monkeypatch):
+    """`make compile` embeds the dataset's DVC pointer and the repository's default remote
+    when other machines can reach it (s3://...), not a local directory."""
+    from components.config import load_params
+    from components.dvc_remote import pipeline_arguments
+    from pipelines.cli import compile_all
+
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    shutil.copy(REPO / "data" / "auto-mpg.data.dvc", repo / "data")
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=repo, check=True)
+    subprocess.run([*dvc, "remote", "add", "-d", "here", str(tmp_path / "remote")], cwd=repo,
+                   check=True)
+    pointer = yaml.safe_load((repo / "data" / "auto-mpg.data.dvc").read_text())["outs"][0]
+    local = pipeline_arguments("data/auto-mpg.data", repo)
+    assert json.loads(local["dataset_pointer"])["md5"] == pointer["md5"]
+    assert json.loads(local["dvc_remote"])["url"] == str(tmp_path / "remote")
+    assert pipeline_arguments("data/auto-mpg.data", repo, portable=True)["dvc_remote"] == ""
+
+    subprocess.run([*dvc, "remote", "add", "-d", "store", "s3://bucket/dvc"], cwd=repo,
+                   check=True)
+    subprocess.run([*dvc, "remote", "modify", "store", "endpointurl", "http://minio:9000"],
+                   cwd=repo, check=True)
+    params = load_params(REPO / "params.yaml", ["dataset=auto_mpg"])
+    monkeypatch.chdir(repo)
+    compile_all(params, tmp_path / "out", ["training"])
+    spec = yaml.safe_load((tmp_path / "out" / "training.yaml").read_text())
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert json.loads(inputs["dataset_pointer"]["defaultValue"])["md5"] == pointer["md5"]
+    assert json.loads(inputs["dvc_remote"]["defaultValue"]) == {
+        "name": "store", "url": "s3://bucket/dvc", "endpointurl": "http://minio:9000"}

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 MAKEFILE = REPO / "Makefile"
@@ -79,3 +80,26 @@ def test_ci_runs_make_test(run_cmd):
                     r"\[ \$\? -eq 5 \];"):
         assert re.search(rf"^\s*{command} \\$", dry.stdout, flags=re.MULTILINE), \
             (command, dry.stdout)
+
+
+def test_make_run_goes_through_dvc(run_cmd):
+    """`make run` is DVC's stage (dry run: nothing is executed): `dvc repro` versions the
+    model; SET= makes it an experiment (`dvc exp run -S`); CACHE=0 forces a rerun with the
+    kfp cache off; another PIPELINE runs directly."""
+
+    def dry(*args: str) -> str:
+        return run_cmd(["make", "--no-print-directory", "-n", "-C", REPO, "run", *args],
+                       cwd=REPO, timeout=60).stdout
+
+    plain = dry()
+    assert re.search(r"^export SLIPWAY_CACHE=1; \\\n\.venv/bin/dvc repro +training$", plain,
+                     flags=re.MULTILINE), plain
+    forced = dry("CACHE=0")
+    assert "export SLIPWAY_CACHE=0;" in forced and "dvc repro --force training" in forced
+    experiment = dry("SET=train.estimator=svm dataset=auto_mpg")
+    assert ".venv/bin/dvc exp run -S train.estimator=svm -S dataset=auto_mpg" in experiment
+    tuning = dry("PIPELINE=tuning")
+    assert ".venv/bin/python -m pipelines run tuning" in tuning and "dvc" not in \
+        tuning.replace("dvc-remote", "")
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["training"]
+    assert stage["cmd"].startswith("python -m pipelines run training --export ")
