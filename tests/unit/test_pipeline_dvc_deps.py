@@ -1,8 +1,10 @@
-"""dvc.yaml names, for each stage, every module of components/ that the stage runs.
+"""dvc.yaml's stage declares, as deps, every module its command runs and every data file.
 
-``dvc repro`` reruns a stage only when one of its declared deps changed, so a module the
-stage imports (at the top or inside a function) but does not declare would let a changed
-core go unnoticed. The imports are read from the source with ``ast``: nothing is run.
+The one stage runs the kfp pipeline (``python -m pipelines run training``). ``dvc repro``
+reruns it only when one of its declared deps changed, so a module the run imports (at the
+top or inside a function, of components/ or pipelines/) but does not declare, or a
+DVC-tracked data file a dataset of params.yaml reads, would let a change go unnoticed.
+The imports are read from the source with ``ast``: nothing is run.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,23 +27,26 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
+OURS = ("components", "pipelines")
+
+
 def _imports(path: Path) -> set[str]:
-    """The ``components`` modules a file imports, anywhere in it."""
+    """The ``components`` and ``pipelines`` modules a file imports, anywhere in it."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("components"):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(OURS):
             found.add(node.module)
             found.update(f"{node.module}.{a.name}" for a in node.names
                          if _module_file(f"{node.module}.{a.name}"))
         elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("components"))
+            found.update(a.name for a in node.names if a.name.startswith(OURS))
     return found
 
 
-def stage_files(stage: str) -> set[str]:
-    """Repository paths of the modules ``python -m components.<stage>`` can run."""
+def stage_files(module: str) -> set[str]:
+    """Repository paths of the modules ``python -m <module>`` can run."""
     seen: set[str] = set()
-    todo = [f"components.{stage}"]
+    todo = [module]
     while todo:
         module = todo.pop()
         path = _module_file(module)
@@ -53,20 +57,36 @@ def stage_files(stage: str) -> set[str]:
     return {str(_module_file(m).relative_to(REPO)) for m in seen}
 
 
-STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+STAGE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["training"]
+DEPS = [str(d) for d in STAGE["deps"]]
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
-def test_stage_deps_cover_the_code_it_runs(stage):
-    deps = [str(d) for d in STAGES[stage]["deps"]]
-    assert f"components/{stage}.py" in deps
-    missing = sorted(f for f in stage_files(stage) - NOT_NEEDED
-                     if not any(f == d or f.startswith(f"{d}/") for d in deps))
-    assert not missing, f"dvc.yaml stage {stage!r} does not list {missing} in its deps"
+def _covered(path: str) -> bool:
+    return any(path == d or path.startswith(f"{d}/") for d in DEPS)
+
+
+def test_the_stage_runs_the_kfp_pipeline():
+    assert STAGE["cmd"].split()[:5] == ["python", "-m", "pipelines", "run", "training"]
+    assert STAGE["params"] == [{"params.yaml": None}]  # every setting
+
+
+def test_stage_deps_cover_the_code_it_runs():
+    files = stage_files("pipelines.__main__") | stage_files("pipelines.training")
+    assert "components/ingest.py" in files and "components/dvc_remote.py" in files
+    missing = sorted(f for f in files - NOT_NEEDED if not _covered(f))
+    assert not missing, f"dvc.yaml's stage does not list {missing} in its deps"
+
+
+def test_stage_deps_cover_every_dvc_tracked_data_file():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    tracked = sorted(spec["path"] for spec in params["datasets"].values()
+                     if spec.get("path") and (REPO / f"{spec['path']}.dvc").is_file())
+    assert tracked, "no DVC-tracked dataset in params.yaml"
+    assert [p for p in tracked if not _covered(p)] == []
 
 
 def test_the_import_reader_sees_lazy_imports():
     # evaluate imports the tuning table inside a function; train pulls in the trainers.
-    assert "components/tune.py" in stage_files("evaluate")
-    assert "components/trainers/sklearn.py" in stage_files("train")
-    assert "components/package.py" in stage_files("gate")
+    assert "components/tune.py" in stage_files("components.evaluate")
+    assert "components/trainers/sklearn.py" in stage_files("components.train")
+    assert "components/package.py" in stage_files("components.gate")
