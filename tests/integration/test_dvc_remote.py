@@ -274,3 +274,25 @@ def test_compiled_pipeline_carries_the_pointer_and_only_an_object_store_remote(
     assert json.loads(inputs["dataset_pointer"]["defaultValue"])["md5"] == pointer["md5"]
     assert json.loads(inputs["dvc_remote"]["defaultValue"]) == {
         "name": "store", "url": "s3://bucket/dvc", "endpointurl": "http://minio:9000"}
+
+
+def test_ensure_dataset_fetches_only_what_is_absent(tmp_path):
+    """The ingest task's step: data in place is read as it is; absent data is fetched by
+    its pointer; absent data with no remote to fetch from is a clear error."""
+    from components.dvc_remote import ensure_dataset
+
+    settings = {"name": "localdir", "url": str(tmp_path / "remote")}
+    data = tmp_path / "src.csv"
+    data.write_text("a,b\n1,2\n")
+    pointer = push(data, settings)
+    root = tmp_path / "root"
+    assert ensure_dataset(None, root, pointer, settings) is False  # a bundled dataset
+    assert ensure_dataset("data/d.csv", root, pointer, settings) is True
+    assert (root / "data" / "d.csv").read_text() == "a,b\n1,2\n"
+    (root / "data" / "d.csv").write_text("local edit\n")
+    assert ensure_dataset("data/d.csv", root, pointer, settings) is False  # left alone
+    assert (root / "data" / "d.csv").read_text() == "local edit\n"
+    assert ensure_dataset("data/other.csv", root, None, settings) is False  # ingest says
+    with pytest.raises(SlipwayError, match="no DVC remote") as err:
+        ensure_dataset("data/e.csv", root, pointer, None)
+    assert "dvc remote add" in err.value.fix
