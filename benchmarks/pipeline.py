@@ -58,12 +58,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from components.stages import PIPELINE_STAGES, STAGES
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = REPO / "build" / "benchmarks" / "pipeline.json"
 DATA_FILE = "data/auto-mpg.data"
-# The stages in pipeline order, by their kfp task names.
-TASKS = ("ingest-op", "validate-op", "split-op", "preprocess-op", "train-op", "evaluate-op",
-         "gate-op", "package-op")
+# The training pipeline's stages in order, by their kfp task names (the stage graph's).
+TASKS = tuple(STAGES[key].task for key in PIPELINE_STAGES["training"])
 # dvc.yaml's outputs (and dvc.lock): removed for a `dvc repro` from scratch.
 DVC_OUTPUTS = ("data/interim", "data/processed", "models", "reports", "dvc.lock")
 MEASUREMENTS = ("kfp_cold", "kfp_rerun", "inprocess", "kfp_cache_first", "kfp_cache_rerun",
@@ -327,30 +328,30 @@ def _worker(work: Path) -> int:
     transformer, model = w / "preprocess" / "transformer", w / "train" / "model"
     evaluation = w / "evaluate" / "evaluation"
     model_name = params.model_name()
-    with stage("ingest-op"):
+    with stage(STAGES["ingest"].task):
         ingest(params.dataset, params.dataset_spec, table, repo)
-    with stage("validate-op"):
+    with stage(STAGES["validate"].task):
         _, markdown = validate(table, params.validate_)
         write_text(w / "validate" / "report.md", markdown)
-    with stage("split-op"):
+    with stage(STAGES["split"].task):
         split(table, raw["train"], raw["val"], raw["test"], params.split)
-    with stage("preprocess-op"):
+    with stage(STAGES["preprocess"].task):
         preprocess(raw["train"], raw["val"], raw["test"], transformer,
                    (features["train"], features["val"], features["test"]), params.preprocess)
-    with stage("train-op"):
+    with stage(STAGES["train"].task):
         train(features["train"], features["val"], model, params.train)
-    with stage("evaluate-op"):
+    with stage(STAGES["evaluate"].task):
         paths = write_outputs(evaluate(model, features["test"]), evaluation)
         shutil.copyfile(paths["report"], w / "evaluate" / "report.html")
         shutil.copyfile(paths["summary"], w / "evaluate" / "summary.md")
-    with stage("gate-op"):
+    with stage(STAGES["gate"].task):
         result = read_json(evaluation / "evaluation.json")
         verdict = decide(result["metrics"], result["task"], params.gate,
                          current_packaged(model_name))
         write_text(w / "gate" / "decision.md", verdict.reason + "\n")
     tag = None
     if verdict.passed:
-        with stage("package-op"):
+        with stage(STAGES["package"].task):
             sections = params.model_dump(mode="json", by_alias=True)
             settings = {"dataset": params.dataset,
                         "datasets": {params.dataset: sections["datasets"][params.dataset]},

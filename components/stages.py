@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -58,10 +59,9 @@ class Stage:
         return self.op.replace("_", "-")
 
     def component(self) -> Any:
-        """The kfp component (imports kfp)."""
-        from components import kfp_components
-
-        return getattr(kfp_components, self.op)
+        """The kfp component (imports kfp). Looked up by name, not imported, so that the
+        stage graph itself does not reach every stage's code (see code_version)."""
+        return getattr(importlib.import_module("components.kfp_components"), self.op)
 
     def inputs(self) -> list[str]:
         """Artifact inputs, from the component's signature."""
@@ -93,7 +93,7 @@ _STAGES = (
 STAGES: dict[str, Stage] = {s.key: s for s in _STAGES}
 
 # The pipelines, as the stages they run in order.
-PIPELINES: dict[str, tuple[str, ...]] = {
+PIPELINE_STAGES: dict[str, tuple[str, ...]] = {
     "training": ("ingest", "validate", "split", "preprocess", "train", "evaluate", "gate",
                  "package"),
     "tuning": ("ingest", "validate", "split", "preprocess", "trials", "trial", "select",
@@ -116,7 +116,7 @@ def by_task(task: str) -> Stage | None:
 
 def stages_of(pipeline: str) -> list[Stage]:
     """The stages of a pipeline, in order."""
-    return [STAGES[k] for k in PIPELINES[pipeline]]
+    return [STAGES[k] for k in PIPELINE_STAGES[pipeline]]
 
 
 def image_role(stage_: Stage, frameworks: set[str] | frozenset[str]) -> str:
