@@ -25,6 +25,14 @@ from typing import Any
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
+# A task's environment, set by the pipeline: the hash of the code its stage runs (so the
+# cache key changes exactly when that code does) and its image reference. Slipway's images
+# set IN_IMAGE_ENV themselves, so a task knows it runs in IMAGE_ENV and not as a local
+# subprocess (which gets the same variables).
+CODE_VERSION_ENV = "SLIPWAY_CODE_VERSION"
+IMAGE_ENV = "SLIPWAY_IMAGE"
+IN_IMAGE_ENV = "SLIPWAY_IN_IMAGE"
+
 # Image roles (one image each, `make images`); "trainer" resolves to one of them by the
 # framework that fits the model (see image_role).
 ROLES = ("stages", "torch", "keras", "serving")
@@ -99,6 +107,13 @@ PIPELINE_STAGES: dict[str, tuple[str, ...]] = {
     "tuning": ("ingest", "validate", "split", "preprocess", "trials", "trial", "select",
                "retrain", "evaluate", "gate", "package"),
 }
+
+
+def running_image() -> str | None:
+    """The image reference (by digest once built) this task runs in; None outside one."""
+    import os
+
+    return os.environ.get(IMAGE_ENV) or None if os.environ.get(IN_IMAGE_ENV) else None
 
 
 def stage(key: str) -> Stage:

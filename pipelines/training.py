@@ -18,10 +18,6 @@ from components import stages
 from components.config import Params, to_parameter
 from pipelines import profiles
 
-# Every task's environment carries the hash of the code its stage runs, so that the cache
-# key (kfp.local's and the cluster's) changes exactly when that code does.
-CODE_VERSION_ENV = "SLIPWAY_CODE_VERSION"
-
 DESCRIPTION = (
     "Slipway training: ingest a DVC-versioned dataset, validate it, split it, fit "
     "preprocessing on the training split, train the configured estimator with k-fold CV, "
@@ -35,8 +31,10 @@ def stage_settings(task: dsl.PipelineTask, key: str, params: Params) -> dsl.Pipe
     its code (in its cache key), whether it may be cached; and its resource profile."""
     stage = stages.stage(key)
     task.set_display_name(stage.title)
-    task.set_container_image(image_for(stages.image_role(stage, frameworks(params)), params))
-    task.set_env_variable(CODE_VERSION_ENV, stages.code_version(key))
+    image = image_for(stages.image_role(stage, frameworks(params)), params)
+    task.set_container_image(image)
+    task.set_env_variable(stages.IMAGE_ENV, image)
+    task.set_env_variable(stages.CODE_VERSION_ENV, stages.code_version(key))
     task.set_caching_options(stage.cached)
     profiles.apply(task, params.kfp.profile_for(key)[1])
     return task
