@@ -221,7 +221,7 @@ def package_op(
     train: str,
     gate: str,
     model_name: str,
-    register: bool,
+    register_model: bool,
     code_dir: str,
     model_version: Output[Model],
 ):
@@ -253,7 +253,7 @@ def package_op(
         model_version.metadata.update(version=lineage["version"],
                                       dataset_md5=lineage["dataset"]["md5"],
                                       framework=lineage["framework"])
-        if register:
+        if register_model:
             model_version.metadata["bentoml_tag"] = register_version(model_version.path,
                                                                      model_name)
 

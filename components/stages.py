@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,12 @@ class Stage:
         role: the image its task runs in, or ``"trainer"`` for the framework's image.
         cached: whether a task may be served from the cache. Gate and package compare
             with, and write to, the model store: never reused.
+        section: the params.yaml section its ``rules`` parameter takes.
+        takes: artifact input -> ``"<stage>.<output>"`` it is fed from. Every other input
+            is the pipeline parameter of the same name.
+        after: stages it runs after without taking their outputs.
+        when: a stage whose boolean result must be true for this one to run.
+        provides: another name later stages know its task by (``fit``: the model).
     """
 
     key: str
@@ -60,6 +66,11 @@ class Stage:
     core: str
     role: str = "stages"
     cached: bool = True
+    section: str | None = None
+    takes: dict[str, str] = field(default_factory=dict)
+    after: tuple[str, ...] = ()
+    when: str | None = None
+    provides: str | None = None
 
     @property
     def task(self) -> str:
@@ -71,32 +82,39 @@ class Stage:
         stage graph itself does not reach every stage's code (see code_version)."""
         return getattr(importlib.import_module("components.kfp_components"), self.op)
 
-    def inputs(self) -> list[str]:
-        """Artifact inputs, from the component's signature."""
-        return sorted(self.component().component_spec.inputs or {})
-
-    def outputs(self) -> list[str]:
-        """Outputs, from the component's signature (``Output`` for a return value)."""
-        return sorted(self.component().component_spec.outputs or {})
+    def source(self, name: str) -> tuple[str, str]:
+        """The (stage, output) an artifact input is fed from."""
+        stage_, output = self.takes[name].split(".")
+        return stage_, output
 
 
+_FEATURES = {"train": "preprocess.train_features", "val": "preprocess.val_features"}
 _STAGES = (
     Stage("ingest", "Ingest dataset", "ingest_op", "components.ingest"),
-    Stage("validate", "Validate data", "validate_op", "components.validate"),
-    Stage("split", "Split train / val / test", "split_op", "components.split"),
-    Stage("preprocess", "Fit preprocessing", "preprocess_op", "components.preprocess"),
-    Stage("train", "Train model", "train_op", "components.train", role=TRAINER),
+    Stage("validate", "Validate data", "validate_op", "components.validate",
+          section="validate", takes={"table": "ingest.table"}),
+    Stage("split", "Split train / val / test", "split_op", "components.split",
+          section="split", takes={"table": "ingest.table"}, after=("validate",)),
+    Stage("preprocess", "Fit preprocessing", "preprocess_op", "components.preprocess",
+          section="preprocess",
+          takes={"train": "split.train", "val": "split.val", "test": "split.test"}),
+    Stage("train", "Train model", "train_op", "components.train", role=TRAINER,
+          section="train", takes=_FEATURES, provides="fit"),
     Stage("trials", "Draw trials", "trials_op", "components.tune"),
     Stage("trial", "Score trial (CV + validation)", "trial_op", "components.tune",
-          role=TRAINER),
+          role=TRAINER, section="train", takes=_FEATURES),
     Stage("select", "Select best trial", "select_op", "components.tune"),
     Stage("retrain", "Retrain best on train + val", "retrain_op", "components.tune",
-          role=TRAINER),
+          role=TRAINER, section="train", takes={**_FEATURES, "tuning": "select.best"},
+          provides="fit"),
     Stage("evaluate", "Evaluate on test split", "evaluate_op", "components.evaluate",
-          role=TRAINER),
-    Stage("gate", "Gate", "gate_op", "components.gate", cached=False),
+          role=TRAINER, takes={"model": "fit.model", "test": "preprocess.test_features"}),
+    Stage("gate", "Gate", "gate_op", "components.gate", cached=False, section="gate",
+          takes={"evaluation": "evaluate.evaluation"}),
     Stage("package", "Package model version", "package_op", "components.package",
-          role=TRAINER, cached=False),
+          role=TRAINER, cached=False, when="gate",
+          takes={"transformer": "preprocess.transformer", "model": "fit.model",
+                 "evaluation": "evaluate.evaluation"}),
 )
 STAGES: dict[str, Stage] = {s.key: s for s in _STAGES}
 

@@ -10,10 +10,10 @@ Compile it with ``python -m pipelines compile``; run it locally with
 
 # No `from __future__ import annotations` here: kfp reads the annotations as objects.
 from collections.abc import Callable
+from typing import Any
 
 from kfp import dsl
 
-from components import kfp_components as ops
 from components import stages
 from components.config import Params, to_parameter
 from pipelines import profiles
@@ -60,41 +60,45 @@ def pipeline_defaults(params: Params) -> dict:
             "dataset": to_parameter(sections["datasets"][params.dataset])}
 
 
-def data_stages(params: Params, dataset_name, dataset, dataset_md5, data_root, validate,
-                split, preprocess):
-    """ingest → validate → split → preprocess; returns the preprocess task."""
-    ingested = stage_settings(ops.ingest_op(dataset_name=dataset_name, dataset=dataset,
-                                            dataset_md5=dataset_md5, data_root=data_root),
-                              "ingest", params)
-    checked = stage_settings(ops.validate_op(table=ingested.outputs["table"], rules=validate),
-                             "validate", params)
-    parts = stage_settings(ops.split_op(table=ingested.outputs["table"], rules=split),
-                           "split", params)
-    parts.after(checked)  # split only validated data
-    return stage_settings(ops.preprocess_op(train=parts.outputs["train"],
-                                            val=parts.outputs["val"],
-                                            test=parts.outputs["test"], rules=preprocess),
-                          "preprocess", params)
+class Wiring:
+    """Adds stages to the pipeline being defined, wired as the stage graph says.
 
+    An artifact input comes from the output the stage ``takes`` it from; ``rules`` is the
+    pipeline parameter of the stage's ``section``; every other input is the pipeline
+    parameter of its name, unless given. A stage with ``when`` runs inside ``dsl.If`` on
+    that stage's result.
+    """
 
-def release_stages(params: Params, prep, model, settings: dict, gate, model_name,
-                   register_model, code_dir) -> None:
-    """evaluate → gate → (if passed) package, for a fitted model."""
-    scored = stage_settings(ops.evaluate_op(model=model, test=prep.outputs["test_features"]),
-                            "evaluate", params)
-    verdict = stage_settings(ops.gate_op(evaluation=scored.outputs["evaluation"], rules=gate,
-                                         model_name=model_name), "gate", params)
-    with dsl.If(verdict.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
-        stage_settings(ops.package_op(
-            transformer=prep.outputs["transformer"],
-            model=model,
-            evaluation=scored.outputs["evaluation"],
-            gate=gate,
-            model_name=model_name,
-            register=register_model,
-            code_dir=code_dir,
-            **settings,
-        ), "package", params)
+    def __init__(self, params: Params, values: dict[str, Any]) -> None:
+        self.params, self.values = params, values
+        self.tasks: dict[str, dsl.PipelineTask] = {}
+
+    def add(self, key: str, **given: Any) -> dsl.PipelineTask:
+        stage = stages.stage(key)
+        if stage.when:
+            # kfp.local 2.17 resolves only the single `Output` of a task in a condition.
+            passed = self.tasks[stage.when].outputs["Output"] == True  # noqa: E712
+            with dsl.If(passed, name=f"{stage.when}-passed"):
+                return self._add(stage, given)
+        return self._add(stage, given)
+
+    def _add(self, stage: stages.Stage, given: dict[str, Any]) -> dsl.PipelineTask:
+        args = {}
+        for name in stage.component().component_spec.inputs or {}:
+            if name in given:
+                args[name] = given[name]
+            elif name in stage.takes:
+                source, output = stage.source(name)
+                args[name] = self.tasks[source].outputs[output]
+            else:
+                args[name] = self.values[stage.section if name == "rules" else name]
+        task = stage_settings(stage.component()(**args), stage.key, self.params)
+        for key in stage.after:
+            task.after(self.tasks[key])
+        self.tasks[stage.key] = task
+        if stage.provides:
+            self.tasks[stage.provides] = task
+        return task
 
 
 def build(params: Params) -> Callable:
@@ -133,14 +137,8 @@ def build(params: Params) -> Callable:
             data_root: directory that dataset paths are relative to (the DVC work tree).
             code_dir: git work tree whose commit is recorded in the lineage.
         """
-        prep = data_stages(params, dataset_name, dataset, dataset_md5, data_root, validate,
-                           split, preprocess)
-        fitted = stage_settings(ops.train_op(train=prep.outputs["train_features"],
-                                             val=prep.outputs["val_features"], rules=train),
-                                "train", params)
-        release_stages(params, prep, fitted.outputs["model"],
-                       {"dataset_name": dataset_name, "dataset": dataset, "validate": validate,
-                        "split": split, "preprocess": preprocess, "train": train},
-                       gate, model_name, register_model, code_dir)
+        wiring = Wiring(params, dict(locals()))  # the parameters above, by name
+        for key in stages.PIPELINE_STAGES["training"]:
+            wiring.add(key)
 
     return training
