@@ -250,7 +250,7 @@ def kfp_run(area: WorkArea, root: Path, caching: bool) -> dict[str, Any]:
     params = params.model_copy(update={"kfp": params.kfp.model_copy(
         update={"pipeline_root": str(root)})})
     pipeline = build(params)
-    arguments = {"data_root": str(area.repo), "code_dir": str(area.repo)}
+    arguments = kfp_local.arguments(params, area.repo, area.repo)
     terminal = io.StringIO()  # the runner's progress lines: kept out of the table
     # The tasks run in the work area, so they import its copy of the components.
     with contextlib.chdir(area.repo):
