@@ -52,18 +52,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from components.stages import PIPELINE_STAGES, STAGES
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = REPO / "build" / "benchmarks" / "pipeline.json"
 DATA_FILE = "data/auto-mpg.data"
-# The stages in pipeline order, by their kfp task names.
-TASKS = ("ingest-op", "validate-op", "split-op", "preprocess-op", "train-op", "evaluate-op",
-         "gate-op", "package-op")
+# The training pipeline's stages in order, by their kfp task names (the stage graph's).
+TASKS = tuple(STAGES[key].task for key in PIPELINE_STAGES["training"])
 # dvc.yaml's outputs (and dvc.lock): removed for a `dvc repro` from scratch.
 DVC_OUTPUTS = ("data/interim", "data/processed", "models", "reports", "dvc.lock")
 MEASUREMENTS = ("kfp_cold", "kfp_rerun", "inprocess", "kfp_cache_first", "kfp_cache_rerun",
@@ -249,7 +250,7 @@ def kfp_run(area: WorkArea, root: Path, caching: bool) -> dict[str, Any]:
     params = params.model_copy(update={"kfp": params.kfp.model_copy(
         update={"pipeline_root": str(root)})})
     pipeline = build(params)
-    arguments = {"data_root": str(area.repo), "code_dir": str(area.repo)}
+    arguments = kfp_local.arguments(params, area.repo, area.repo)
     terminal = io.StringIO()  # the runner's progress lines: kept out of the table
     # The tasks run in the work area, so they import its copy of the components.
     with contextlib.chdir(area.repo):
@@ -291,7 +292,8 @@ def inprocess_run(area: WorkArea, work: Path) -> dict[str, Any]:
 
 
 def _worker(work: Path) -> int:
-    """Run every stage core in this process, as the kfp components call them."""
+    """Run the training pipeline's stages in this process (pipelines.inprocess): the same
+    component bodies and cores as its tasks, with no runner around them."""
     begun = time.perf_counter()
     import matplotlib
 
@@ -299,72 +301,19 @@ def _worker(work: Path) -> int:
     for name in PRELOAD:
         importlib.import_module(name)
     from components.config import load_params
-    from components.evaluate import evaluate, write_outputs
-    from components.gate import decide
-    from components.ingest import ingest
-    from components.io import read_json, write_text
-    from components.package import current_packaged, package, register
-    from components.preprocess import preprocess
-    from components.split import split
-    from components.train import train
-    from components.validate import validate
+    from pipelines import inprocess
 
-    stages: dict[str, float] = {}
     imports = time.perf_counter() - begun
-
-    @contextlib.contextmanager
-    def stage(name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        yield
-        stages[name] = round(time.perf_counter() - started, 4)
-
     repo = Path.cwd()
-    params = load_params(repo / "params.yaml")
-    w = work
-    table = w / "ingest" / "table.parquet"
-    raw = {s: w / "split" / f"{s}.parquet" for s in ("train", "val", "test")}
-    features = {s: w / "preprocess" / f"{s}_features.parquet" for s in ("train", "val", "test")}
-    transformer, model = w / "preprocess" / "transformer", w / "train" / "model"
-    evaluation = w / "evaluate" / "evaluation"
-    model_name = params.model_name()
-    with stage("ingest-op"):
-        ingest(params.dataset, params.dataset_spec, table, repo)
-    with stage("validate-op"):
-        _, markdown = validate(table, params.validate_)
-        write_text(w / "validate" / "report.md", markdown)
-    with stage("split-op"):
-        split(table, raw["train"], raw["val"], raw["test"], params.split)
-    with stage("preprocess-op"):
-        preprocess(raw["train"], raw["val"], raw["test"], transformer,
-                   (features["train"], features["val"], features["test"]), params.preprocess)
-    with stage("train-op"):
-        train(features["train"], features["val"], model, params.train)
-    with stage("evaluate-op"):
-        paths = write_outputs(evaluate(model, features["test"]), evaluation)
-        shutil.copyfile(paths["report"], w / "evaluate" / "report.html")
-        shutil.copyfile(paths["summary"], w / "evaluate" / "summary.md")
-    with stage("gate-op"):
-        result = read_json(evaluation / "evaluation.json")
-        verdict = decide(result["metrics"], result["task"], params.gate,
-                         current_packaged(model_name))
-        write_text(w / "gate" / "decision.md", verdict.reason + "\n")
-    tag = None
-    if verdict.passed:
-        with stage("package-op"):
-            sections = params.model_dump(mode="json", by_alias=True)
-            settings = {"dataset": params.dataset,
-                        "datasets": {params.dataset: sections["datasets"][params.dataset]},
-                        **{k: sections[k] for k in ("validate", "split", "preprocess", "train",
-                                                    "gate")}}
-            version_dir = w / "package" / "model_version"
-            package(transformer, model, evaluation / "evaluation.json", settings,
-                    version_dir, repo)
-            if params.package.bentoml_store:
-                tag = register(version_dir, model_name)
+    results = inprocess.run(load_params(repo / "params.yaml"), work, repo, repo)
+    stages = {STAGES[key].task: round(r.seconds, 4) for key, r in results.items()}
+    version = results.get("package")
     record = {"imports": round(imports, 4), "stages": stages,
               "worker_seconds": round(time.perf_counter() - begun, 4),
-              "gate_passed": verdict.passed, "bentoml_tag": tag}
-    (w / "timings.json").write_text(json.dumps(record, indent=2))
+              "gate_passed": bool(results["gate"].outputs["Output"]),
+              "bentoml_tag": version and version.outputs["model_version"].metadata.get(
+                  "bentoml_tag")}
+    (work / "timings.json").write_text(json.dumps(record, indent=2))
     return 0
 
 

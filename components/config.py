@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from components.errors import SlipwayError, did_you_mean
+from components.stages import STAGES
 
 Task = Literal["classification", "regression"]
 
@@ -202,8 +203,7 @@ class Profile(_Strict):
         return self.accelerator_count > 0
 
 
-TASKS = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "gate", "package",
-         "trials", "trial", "select", "retrain")
+TASKS = tuple(STAGES)  # what kfp.task_profiles may name
 
 
 class KfpParams(_Strict):

@@ -136,11 +136,12 @@ def train_op(
     with reporting_errors("train"):
         from components.config import section
         from components.kfp_support import write_metrics_file
+        from components.stages import running_image
         from components.train import train as train_core
 
         record = train_core(train.path, val.path, model.path, section("train", rules))
         model.metadata.update(framework=record["framework"], estimator=record["estimator"],
-                              device=record["device"])
+                              device=record["device"], image=running_image() or "")
         cv = record["cv"]
         cv_metrics.log_metric(f"cv_{cv['metric']}_mean", cv["mean"])
         cv_metrics.log_metric(f"cv_{cv['metric']}_std", cv["std"])
@@ -228,7 +229,7 @@ def package_op(
     train: str,
     gate: str,
     model_name: str,
-    register: bool,
+    register_model: bool,
     code_dir: str,
     dvc_remote: str,
     model_version: Output[Model],
@@ -247,19 +248,22 @@ def package_op(
         from components.config import from_parameter
         from components.package import package
         from components.package import register as register_version
+        from components.stages import running_image
 
         sections = {"validate": validate, "split": split, "preprocess": preprocess,
                     "train": train, "gate": gate}
         settings = {"dataset": dataset_name,
                     "datasets": {dataset_name: from_parameter(dataset)},
                     **{name: from_parameter(text) for name, text in sections.items()}}
+        images = {"train": model.metadata.get("image"), "package": running_image()}
         lineage = package(transformer.path, model.path,
                           Path(evaluation.path) / "evaluation.json", settings,
-                          model_version.path, code_dir)
+                          model_version.path, code_dir,
+                          images={k: v for k, v in images.items() if v})
         model_version.metadata.update(version=lineage["version"],
                                       dataset_md5=lineage["dataset"]["md5"],
                                       framework=lineage["framework"])
-        if register:
+        if register_model:
             model_version.metadata["bentoml_tag"] = register_version(model_version.path,
                                                                      model_name)
         if dvc_remote:  # the version's DVC pointer: `dvc pull` restores it anywhere
@@ -357,8 +361,11 @@ def retrain_op(
         chosen = trial_rules(section("train", rules), results["best"])
         record = train_core(train.path, val.path, model.path, chosen, merge_val=True,
                             tuning=results)
+        from components.stages import running_image
+
         model.metadata.update(framework=record["framework"], estimator=record["estimator"],
-                              device=record["device"], trial=results["best"]["trial"])
+                              device=record["device"], trial=results["best"]["trial"],
+                              image=running_image() or "")
         cv = record["cv"]
         cv_metrics.log_metric(f"cv_{cv['metric']}_mean", cv["mean"])
         cv_metrics.log_metric(f"cv_{cv['metric']}_std", cv["std"])

@@ -74,6 +74,7 @@ def package(
     params: dict[str, Any],
     out_dir: str | Path,
     code_dir: str | Path = ".",
+    images: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Assemble a model version directory.
 
@@ -84,6 +85,9 @@ def package(
         params: the settings the model was built with (recorded in the lineage).
         out_dir: the version directory to write (replaced atomically).
         code_dir: the git work tree whose commit is recorded.
+        images: the images (by digest) the model was trained and packaged in, by task;
+            recorded in the lineage, which the version id does not hash, so the same model
+            trained in an image and as a local subprocess has the same version.
 
     Returns:
         The lineage record, including ``version`` and ``files``.
@@ -109,6 +113,7 @@ def package(
             "metrics": evaluation["metrics"],
             "params": params,
             "code": git_commit(code_dir),
+            "images": images or {},
             "libraries": library_versions(),
             "platform": f"{platform.system()} {platform.machine()}",
             "files": hashes,

@@ -17,12 +17,21 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from dataclasses import dataclass
+import importlib
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+# A task's environment, set by the pipeline: the hash of the code its stage runs (so the
+# cache key changes exactly when that code does) and its image reference. Slipway's images
+# set IN_IMAGE_ENV themselves, so a task knows it runs in IMAGE_ENV and not as a local
+# subprocess (which gets the same variables).
+CODE_VERSION_ENV = "SLIPWAY_CODE_VERSION"
+IMAGE_ENV = "SLIPWAY_IMAGE"
+IN_IMAGE_ENV = "SLIPWAY_IN_IMAGE"
 
 # Image roles (one image each, `make images`); "trainer" resolves to one of them by the
 # framework that fits the model (see image_role).
@@ -43,6 +52,12 @@ class Stage:
         role: the image its task runs in, or ``"trainer"`` for the framework's image.
         cached: whether a task may be served from the cache. Gate and package compare
             with, and write to, the model store: never reused.
+        section: the params.yaml section its ``rules`` parameter takes.
+        takes: artifact input -> ``"<stage>.<output>"`` it is fed from. Every other input
+            is the pipeline parameter of the same name.
+        after: stages it runs after without taking their outputs.
+        when: a stage whose boolean result must be true for this one to run.
+        provides: another name later stages know its task by (``fit``: the model).
     """
 
     key: str
@@ -51,6 +66,11 @@ class Stage:
     core: str
     role: str = "stages"
     cached: bool = True
+    section: str | None = None
+    takes: dict[str, str] = field(default_factory=dict)
+    after: tuple[str, ...] = ()
+    when: str | None = None
+    provides: str | None = None
 
     @property
     def task(self) -> str:
@@ -58,47 +78,60 @@ class Stage:
         return self.op.replace("_", "-")
 
     def component(self) -> Any:
-        """The kfp component (imports kfp)."""
-        from components import kfp_components
+        """The kfp component (imports kfp). Looked up by name, not imported, so that the
+        stage graph itself does not reach every stage's code (see code_version)."""
+        return getattr(importlib.import_module("components.kfp_components"), self.op)
 
-        return getattr(kfp_components, self.op)
-
-    def inputs(self) -> list[str]:
-        """Artifact inputs, from the component's signature."""
-        return sorted(self.component().component_spec.inputs or {})
-
-    def outputs(self) -> list[str]:
-        """Outputs, from the component's signature (``Output`` for a return value)."""
-        return sorted(self.component().component_spec.outputs or {})
+    def source(self, name: str) -> tuple[str, str]:
+        """The (stage, output) an artifact input is fed from."""
+        stage_, output = self.takes[name].split(".")
+        return stage_, output
 
 
+_FEATURES = {"train": "preprocess.train_features", "val": "preprocess.val_features"}
 _STAGES = (
     Stage("ingest", "Ingest dataset", "ingest_op", "components.ingest"),
-    Stage("validate", "Validate data", "validate_op", "components.validate"),
-    Stage("split", "Split train / val / test", "split_op", "components.split"),
-    Stage("preprocess", "Fit preprocessing", "preprocess_op", "components.preprocess"),
-    Stage("train", "Train model", "train_op", "components.train", role=TRAINER),
+    Stage("validate", "Validate data", "validate_op", "components.validate",
+          section="validate", takes={"table": "ingest.table"}),
+    Stage("split", "Split train / val / test", "split_op", "components.split",
+          section="split", takes={"table": "ingest.table"}, after=("validate",)),
+    Stage("preprocess", "Fit preprocessing", "preprocess_op", "components.preprocess",
+          section="preprocess",
+          takes={"train": "split.train", "val": "split.val", "test": "split.test"}),
+    Stage("train", "Train model", "train_op", "components.train", role=TRAINER,
+          section="train", takes=_FEATURES, provides="fit"),
     Stage("trials", "Draw trials", "trials_op", "components.tune"),
     Stage("trial", "Score trial (CV + validation)", "trial_op", "components.tune",
-          role=TRAINER),
+          role=TRAINER, section="train", takes=_FEATURES),
     Stage("select", "Select best trial", "select_op", "components.tune"),
     Stage("retrain", "Retrain best on train + val", "retrain_op", "components.tune",
-          role=TRAINER),
+          role=TRAINER, section="train", takes={**_FEATURES, "tuning": "select.best"},
+          provides="fit"),
     Stage("evaluate", "Evaluate on test split", "evaluate_op", "components.evaluate",
-          role=TRAINER),
-    Stage("gate", "Gate", "gate_op", "components.gate", cached=False),
+          role=TRAINER, takes={"model": "fit.model", "test": "preprocess.test_features"}),
+    Stage("gate", "Gate", "gate_op", "components.gate", cached=False, section="gate",
+          takes={"evaluation": "evaluate.evaluation"}),
     Stage("package", "Package model version", "package_op", "components.package",
-          role=TRAINER, cached=False),
+          role=TRAINER, cached=False, when="gate",
+          takes={"transformer": "preprocess.transformer", "model": "fit.model",
+                 "evaluation": "evaluate.evaluation"}),
 )
 STAGES: dict[str, Stage] = {s.key: s for s in _STAGES}
 
 # The pipelines, as the stages they run in order.
-PIPELINES: dict[str, tuple[str, ...]] = {
+PIPELINE_STAGES: dict[str, tuple[str, ...]] = {
     "training": ("ingest", "validate", "split", "preprocess", "train", "evaluate", "gate",
                  "package"),
     "tuning": ("ingest", "validate", "split", "preprocess", "trials", "trial", "select",
                "retrain", "evaluate", "gate", "package"),
 }
+
+
+def running_image() -> str | None:
+    """The image reference (by digest once built) this task runs in; None outside one."""
+    import os
+
+    return os.environ.get(IMAGE_ENV) or None if os.environ.get(IN_IMAGE_ENV) else None
 
 
 def stage(key: str) -> Stage:
@@ -116,7 +149,7 @@ def by_task(task: str) -> Stage | None:
 
 def stages_of(pipeline: str) -> list[Stage]:
     """The stages of a pipeline, in order."""
-    return [STAGES[k] for k in PIPELINES[pipeline]]
+    return [STAGES[k] for k in PIPELINE_STAGES[pipeline]]
 
 
 def image_role(stage_: Stage, frameworks: set[str] | frozenset[str]) -> str:

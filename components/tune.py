@@ -82,7 +82,7 @@ def score_trial(
     score = accuracy_score if task == "classification" else r2_score
     return {
         **trial,
-        "trial": int(trial["trial"]),
+        "trial": trial["trial"],
         "hyperparameters": dict(trainer.hyperparameters),
         "metric": cv["metric"],
         "cv_mean": cv["mean"],

@@ -167,8 +167,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = params.dataset_spec
     print(f"Running pipeline {args.pipeline!r} locally (kfp.local SubprocessRunner): dataset "
           f"{params.dataset!r} ({spec.task}), {params.train.framework}/{params.train.estimator}")
-    _print_local_notes(params, stages.PIPELINES[args.pipeline])
-    result = local.run(pipeline, params, local.arguments(params, repo, repo), cache=args.cache)
+    _print_local_notes(params, stages.PIPELINE_STAGES[args.pipeline])
+    result = local.run(pipeline, params, local.arguments(params, repo, repo, dvc_remote=True),
+                       cache=args.cache)
     _print_summary(result)
     if args.cache:
         print(f"  cache          {len(result.summary['executed'])} task(s) executed, "

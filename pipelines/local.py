@@ -188,17 +188,21 @@ def read_summary(run_dir: Path, reused: dict[str, Path] | None = None) -> dict[s
     return out
 
 
-def arguments(params: Params, data_root: str | Path, code_dir: str | Path) -> dict[str, Any]:
+def arguments(params: Params, data_root: str | Path, code_dir: str | Path,
+              dvc_remote: bool = False) -> dict[str, Any]:
     """The run's arguments that the settings do not give: where the data and the code are,
-    the data's content hash (which keys the cache on the bytes of the data), its DVC
-    pointer and the repository's DVC remote (data absent here is fetched from it; the
-    packaged model version is pushed to it)."""
+    the data's content hash (which keys the cache on the bytes of the data) and its DVC
+    pointer. With ``dvc_remote`` (``pipelines run``: a run that versions what it trains),
+    also the repository's DVC remote: data absent here is fetched from it and the packaged
+    model version is pushed to it; without, "" (nothing leaves the machine)."""
     from components.dvc_remote import pipeline_arguments
     from components.ingest import content_key
 
+    dvc = pipeline_arguments(getattr(params.dataset_spec, "path", None), data_root)
     return {"data_root": str(data_root), "code_dir": str(code_dir),
             "dataset_md5": content_key(params.dataset_spec, data_root),
-            **pipeline_arguments(getattr(params.dataset_spec, "path", None), data_root)}
+            "dataset_pointer": dvc["dataset_pointer"],
+            "dvc_remote": dvc["dvc_remote"] if dvc_remote else ""}
 
 
 def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],

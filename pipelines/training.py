@@ -10,17 +10,13 @@ Compile it with ``python -m pipelines compile``; run it locally with
 
 # No `from __future__ import annotations` here: kfp reads the annotations as objects.
 from collections.abc import Callable
+from typing import Any
 
 from kfp import dsl
 
-from components import kfp_components as ops
 from components import stages
 from components.config import Params, to_parameter
 from pipelines import profiles
-
-# Every task's environment carries the hash of the code its stage runs, so that the cache
-# key (kfp.local's and the cluster's) changes exactly when that code does.
-CODE_VERSION_ENV = "SLIPWAY_CODE_VERSION"
 
 DESCRIPTION = (
     "Slipway training: ingest a DVC-versioned dataset, validate it, split it, fit "
@@ -35,8 +31,10 @@ def stage_settings(task: dsl.PipelineTask, key: str, params: Params) -> dsl.Pipe
     its code (in its cache key), whether it may be cached; and its resource profile."""
     stage = stages.stage(key)
     task.set_display_name(stage.title)
-    task.set_container_image(image_for(stages.image_role(stage, frameworks(params)), params))
-    task.set_env_variable(CODE_VERSION_ENV, stages.code_version(key))
+    image = image_for(stages.image_role(stage, frameworks(params)), params)
+    task.set_container_image(image)
+    task.set_env_variable(stages.IMAGE_ENV, image)
+    task.set_env_variable(stages.CODE_VERSION_ENV, stages.code_version(key))
     task.set_caching_options(stage.cached)
     profiles.apply(task, params.kfp.profile_for(key)[1])
     return task
@@ -69,44 +67,45 @@ def dvc_defaults(params: Params) -> dict[str, str]:
     return pipeline_arguments(getattr(params.dataset_spec, "path", None), ".", portable=True)
 
 
-def data_stages(params: Params, dataset_name, dataset, dataset_md5, data_root, validate,
-                split, preprocess, dataset_pointer="", dvc_remote=""):
-    """ingest → validate → split → preprocess; returns the preprocess task."""
-    ingested = stage_settings(ops.ingest_op(dataset_name=dataset_name, dataset=dataset,
-                                            dataset_md5=dataset_md5, data_root=data_root,
-                                            dataset_pointer=dataset_pointer,
-                                            dvc_remote=dvc_remote),
-                              "ingest", params)
-    checked = stage_settings(ops.validate_op(table=ingested.outputs["table"], rules=validate),
-                             "validate", params)
-    parts = stage_settings(ops.split_op(table=ingested.outputs["table"], rules=split),
-                           "split", params)
-    parts.after(checked)  # split only validated data
-    return stage_settings(ops.preprocess_op(train=parts.outputs["train"],
-                                            val=parts.outputs["val"],
-                                            test=parts.outputs["test"], rules=preprocess),
-                          "preprocess", params)
+class Wiring:
+    """Adds stages to the pipeline being defined, wired as the stage graph says.
 
+    An artifact input comes from the output the stage ``takes`` it from; ``rules`` is the
+    pipeline parameter of the stage's ``section``; every other input is the pipeline
+    parameter of its name, unless given. A stage with ``when`` runs inside ``dsl.If`` on
+    that stage's result.
+    """
 
-def release_stages(params: Params, prep, model, settings: dict, gate, model_name,
-                   register_model, code_dir, dvc_remote="") -> None:
-    """evaluate → gate → (if passed) package, for a fitted model."""
-    scored = stage_settings(ops.evaluate_op(model=model, test=prep.outputs["test_features"]),
-                            "evaluate", params)
-    verdict = stage_settings(ops.gate_op(evaluation=scored.outputs["evaluation"], rules=gate,
-                                         model_name=model_name), "gate", params)
-    with dsl.If(verdict.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
-        stage_settings(ops.package_op(
-            transformer=prep.outputs["transformer"],
-            model=model,
-            evaluation=scored.outputs["evaluation"],
-            gate=gate,
-            model_name=model_name,
-            register=register_model,
-            code_dir=code_dir,
-            dvc_remote=dvc_remote,
-            **settings,
-        ), "package", params)
+    def __init__(self, params: Params, values: dict[str, Any]) -> None:
+        self.params, self.values = params, values
+        self.tasks: dict[str, dsl.PipelineTask] = {}
+
+    def add(self, key: str, **given: Any) -> dsl.PipelineTask:
+        stage = stages.stage(key)
+        if stage.when:
+            # kfp.local 2.17 resolves only the single `Output` of a task in a condition.
+            passed = self.tasks[stage.when].outputs["Output"] == True  # noqa: E712
+            with dsl.If(passed, name=f"{stage.when}-passed"):
+                return self._add(stage, given)
+        return self._add(stage, given)
+
+    def _add(self, stage: stages.Stage, given: dict[str, Any]) -> dsl.PipelineTask:
+        args = {}
+        for name in stage.component().component_spec.inputs or {}:
+            if name in given:
+                args[name] = given[name]
+            elif name in stage.takes:
+                source, output = stage.source(name)
+                args[name] = self.tasks[source].outputs[output]
+            else:
+                args[name] = self.values[stage.section if name == "rules" else name]
+        task = stage_settings(stage.component()(**args), stage.key, self.params)
+        for key in stage.after:
+            task.after(self.tasks[key])
+        self.tasks[stage.key] = task
+        if stage.provides:
+            self.tasks[stage.provides] = task
+        return task
 
 
 def build(params: Params) -> Callable:
@@ -153,14 +152,8 @@ def build(params: Params) -> Callable:
                 from the task's environment): the data comes from it, the packaged model
                 version goes to it. "" for none.
         """
-        prep = data_stages(params, dataset_name, dataset, dataset_md5, data_root, validate,
-                           split, preprocess, dataset_pointer, dvc_remote)
-        fitted = stage_settings(ops.train_op(train=prep.outputs["train_features"],
-                                             val=prep.outputs["val_features"], rules=train),
-                                "train", params)
-        release_stages(params, prep, fitted.outputs["model"],
-                       {"dataset_name": dataset_name, "dataset": dataset, "validate": validate,
-                        "split": split, "preprocess": preprocess, "train": train},
-                       gate, model_name, register_model, code_dir, dvc_remote)
+        wiring = Wiring(params, dict(locals()))  # the parameters above, by name
+        for key in stages.PIPELINE_STAGES["training"]:
+            wiring.add(key)
 
     return training

@@ -12,15 +12,8 @@ from collections.abc import Callable
 
 from kfp import dsl
 
-from components import kfp_components as ops
 from components.config import Params
-from pipelines.training import (
-    data_stages,
-    dvc_defaults,
-    pipeline_defaults,
-    release_stages,
-    stage_settings,
-)
+from pipelines.training import Wiring, dvc_defaults, pipeline_defaults
 
 DESCRIPTION = (
     "Slipway tuning: ingest, validate, split and preprocess a DVC-versioned dataset; score "
@@ -72,29 +65,23 @@ def build(params: Params) -> Callable:
             register_model: add the packaged version to the BentoML model store.
             data_root: directory that dataset paths are relative to (the DVC work tree).
             code_dir: git work tree whose commit is recorded in the lineage.
-            dataset_pointer: the data's DVC pointer (JSON), to fetch it when absent.
-            dvc_remote: the DVC remote (JSON; "" for none): data in, model version out.
+            dataset_pointer: the data's DVC pointer (its ``.dvc`` outs entry, JSON): ingest
+                fetches the data by it when it is not under ``data_root``.
+            dvc_remote: the DVC remote (JSON: name, url, endpointurl; credentials come
+                from the task's environment): the data comes from it, the packaged model
+                version goes to it. "" for none.
         """
-        prep = data_stages(params, dataset_name, dataset, dataset_md5, data_root, validate,
-                           split, preprocess, dataset_pointer, dvc_remote)
-        drawn = stage_settings(ops.trials_op(tune=tune, train=train), "trials", params)
+        wiring = Wiring(params, dict(locals()))  # the parameters above, by name
+        for key in ("ingest", "validate", "split", "preprocess"):
+            wiring.add(key)
+        drawn = wiring.add("trials")
         with dsl.ParallelFor(drawn.output, parallelism=params.tune.parallelism) as trial:
-            scored = stage_settings(
-                ops.trial_op(train=prep.outputs["train_features"],
-                             val=prep.outputs["val_features"], rules=train, trial=trial),
-                "trial", params)
-        chosen = stage_settings(ops.select_op(results=dsl.Collected(scored.outputs["result"])),
-                                "select", params)
-        fitted = stage_settings(
-            ops.retrain_op(train=prep.outputs["train_features"],
-                           val=prep.outputs["val_features"], rules=train,
-                           tuning=chosen.outputs["best"]),
-            "retrain", params)
+            scored = wiring.add("trial", trial=trial)
+        wiring.add("select", results=dsl.Collected(scored.outputs["result"]))
+        fitted = wiring.add("retrain")
+        wiring.add("evaluate")
+        wiring.add("gate")
         # The lineage records the settings the model was fitted with: the chosen trial's.
-        release_stages(params, prep, fitted.outputs["model"],
-                       {"dataset_name": dataset_name, "dataset": dataset, "validate": validate,
-                        "split": split, "preprocess": preprocess,
-                        "train": fitted.outputs["Output"]},
-                       gate, model_name, register_model, code_dir, dvc_remote)
+        wiring.add("package", train=fitted.outputs["Output"])
 
     return tuning

@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import load_params
+from components.config import from_parameter, load_params
+from components.stages import PIPELINE_STAGES
+from components.stages import STAGES as STAGE_GRAPH
 from pipelines import PIPELINES
 from pipelines.cli import compile_all
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "gate", "package")
+STAGES = PIPELINE_STAGES["training"]  # from the stage graph
 
 # component -> {output artifact: schema title}
 OUTPUT_TYPES = {
@@ -48,16 +50,6 @@ INPUT_TYPES = {
     "package": {"transformer": "system.Model", "model": "system.Model",
                 "evaluation": "system.Artifact"},
 }
-DISPLAY_NAMES = {
-    "ingest": "Ingest dataset",
-    "validate": "Validate data",
-    "split": "Split train / val / test",
-    "preprocess": "Fit preprocessing",
-    "train": "Train model",
-    "evaluate": "Evaluate on test split",
-    "gate": "Gate",
-    "package": "Package model version",
-}
 
 
 def compile_to_dict(tmp_path: Path, *overrides: str) -> dict:
@@ -72,8 +64,10 @@ def assert_has_settings(compiled, settings, key: str = "") -> None:
     """Every setting of a params.yaml section is in the compiled default, with its value.
 
     (The default may hold more: keys params.yaml leaves to their built-in defaults.)
-    Numbers travel as doubles (42 -> 42.0) and compare equal to params.yaml's.
+    A section's default is its JSON text; decoded, its values have params.yaml's types.
     """
+    if isinstance(compiled, str) and isinstance(settings, dict):
+        compiled = from_parameter(compiled)
     if isinstance(settings, dict):
         assert isinstance(compiled, dict), f"{key}: {compiled!r} is not a mapping"
         for name, value in settings.items():
@@ -81,6 +75,7 @@ def assert_has_settings(compiled, settings, key: str = "") -> None:
             assert_has_settings(compiled[name], value, f"{key}.{name}")
     else:
         assert compiled == settings, f"{key}: compiled {compiled!r}, params.yaml {settings!r}"
+        assert type(compiled) is type(settings), f"{key}: {compiled!r} is not {settings!r}"
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +133,8 @@ def test_pipeline_parameters_default_to_params_yaml(spec, raw_params):
     assert_has_settings(defaults["dataset"], raw_params["datasets"]["breast_cancer"], "dataset")
     for section in ("validate", "split", "preprocess", "train", "gate"):
         assert_has_settings(defaults[section], raw_params[section], section)
-        assert inputs[section]["parameterType"] == "STRUCT"
-    assert defaults["train"]["estimator"] == raw_params["train"]["estimator"]
+        assert inputs[section]["parameterType"] == "STRING"
+    assert from_parameter(defaults["train"])["estimator"] == raw_params["train"]["estimator"]
     assert defaults["model_name"] == "breast-cancer-classification"  # {dataset}-{task}
     assert defaults["register_model"] is raw_params["package"]["bentoml_store"]
     assert defaults["data_root"] == defaults["code_dir"] == "."
@@ -154,13 +149,11 @@ def test_overrides_change_the_defaults_and_the_image(tmp_path):
     defaults = {n: p.get("defaultValue")
                 for n, p in spec["root"]["inputDefinitions"]["parameters"].items()}
     assert defaults["dataset_name"] == "auto_mpg"
-    assert defaults["train"]["estimator"] == "svm"
+    assert from_parameter(defaults["train"])["estimator"] == "svm"
     assert defaults["model_name"] == "mpg-regression"
     columns = yaml.safe_load((REPO / "params.yaml").read_text())["datasets"]["auto_mpg"]["columns"]
-    # A list of [name, type] pairs in file order (a Struct would sort the keys).
-    assert defaults["dataset"]["columns"] == [[name, kind] for name, kind in columns.items()]
-    assert defaults["dataset"]["columns"][0] == ["mpg", "numeric"]
-    assert defaults["dataset"]["columns"][-1] == ["car_name", "drop"]
+    # In file order (a Struct parameter would sort the keys).
+    assert list(from_parameter(defaults["dataset"])["columns"].items()) == list(columns.items())
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {image}
 
@@ -191,7 +184,7 @@ def test_package_runs_only_inside_the_gate_condition(spec):
 
 def test_task_wiring_display_names_and_caching(spec):
     tasks = _all_tasks(spec)
-    for stage, title in DISPLAY_NAMES.items():
+    for stage, title in ((k, STAGE_GRAPH[k].title) for k in STAGES):
         assert tasks[f"{stage}-op"]["taskInfo"]["name"] == title
     root = spec["root"]["dag"]["tasks"]
     # split waits for validation as well as for ingest's table.

@@ -24,7 +24,7 @@ from pipelines.training import build
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-TASKS = {key: stages.stage(key).task for key in stages.PIPELINES["training"]}
+TASKS = {key: stages.stage(key).task for key in stages.PIPELINE_STAGES["training"]}
 ALWAYS_RUN = {TASKS["gate"], TASKS["package"]}
 QUICK = ["dataset=auto_mpg", "train.estimator=linear", "train.cv_folds=2",
          "package.bentoml_store=false"]

@@ -27,6 +27,7 @@ import yaml
 from components.errors import SlipwayError
 from components.io import file_hash
 from components.package import verify
+from components.stages import PIPELINE_STAGES
 
 pytestmark = [
     pytest.mark.slow,
@@ -35,7 +36,7 @@ pytestmark = [
 ]
 
 DATA_FILE = Path("data") / "auto-mpg.data"
-STAGES = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "gate", "package")
+STAGES = PIPELINE_STAGES["training"]
 _SUMMARY_LINE = re.compile(r"^  (\S.*?)\s{2,}(\S.*)$")
 
 

@@ -22,11 +22,11 @@ import pytest
 import yaml
 
 from components.config import load_params
+from components.stages import PIPELINE_STAGES
 from pipelines.cli import compile_all, local_gpu_count
 
 REPO = Path(__file__).resolve().parents[2]
-TRAINING_TASKS = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "gate",
-                  "package")
+TRAINING_TASKS = PIPELINE_STAGES["training"]
 
 
 def compile_docs(out_dir: Path, *overrides: str, name: str = "training") -> tuple[dict, dict]:

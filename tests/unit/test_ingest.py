@@ -56,8 +56,8 @@ def test_whitespace_without_header_takes_names_from_columns(tmp_path):
     )
     spec = file_spec(
         path="cars.data", format="whitespace", header=False, target="mpg", task="regression",
-        columns=[["mpg", "numeric"], ["cylinders", "numeric"], ["weight", "numeric"],
-                 ["origin", "categorical"], ["name", "drop"]],
+        columns={"mpg": "numeric", "cylinders": "numeric", "weight": "numeric",
+                 "origin": "categorical", "name": "drop"},
     )
 
     meta = ingest("cars", spec, tmp_path / "o.parquet", tmp_path)

@@ -70,6 +70,29 @@ def test_git_commit_comes_from_the_environment_in_an_image(tmp_path, monkeypatch
     assert lineage["code"] == {"commit": "feedbeef", "dirty": False}
 
 
+def test_lineage_records_the_images_without_changing_the_version(tmp_path, version,
+                                                                 built_classification):
+    """A model trained in an image records that image's digest; the version id hashes the
+    files only, so it equals the version of the same model trained as a subprocess."""
+    image = "localhost/slipway-stages@sha256:" + "ab" * 32
+    lineage = package(built_classification.transformer, built_classification.model,
+                      built_classification.evaluation_path, PARAMS, tmp_path / "v",
+                      images={"train": image, "package": image})
+
+    assert lineage["images"] == {"train": image, "package": image}
+    assert lineage["version"] == version[1]["version"] and version[1]["images"] == {}
+
+
+def test_running_image_only_inside_an_image(monkeypatch):
+    from components.stages import IMAGE_ENV, IN_IMAGE_ENV, running_image
+
+    monkeypatch.setenv(IMAGE_ENV, "localhost/slipway-torch@sha256:" + "cd" * 32)
+    monkeypatch.delenv(IN_IMAGE_ENV, raising=False)
+    assert running_image() is None  # a local subprocess gets the variable too
+    monkeypatch.setenv(IN_IMAGE_ENV, "1")
+    assert running_image().startswith("localhost/slipway-torch@sha256:")
+
+
 def test_version_id_is_stable_across_package_calls(tmp_path, version, built_classification):
     out, first = version
 

@@ -168,8 +168,8 @@ def test_ignored_locally_with_partial_and_empty_profiles():
 
 
 def test_task_names_a_profile_can_name_are_the_pipelines_tasks():
-    """kfp.task_profiles is checked against config.TASKS: those must be exactly the tasks
-    the two pipelines have (their keys in TITLES), or a valid name would be refused."""
-    from pipelines import training, tuning
+    """kfp.task_profiles is checked against config.TASKS: those must be exactly the stages
+    the pipelines run, or a valid name would be refused."""
+    from components.stages import PIPELINE_STAGES
 
-    assert set(TASKS) == set(training.TITLES) | set(tuning.TITLES)
+    assert set(TASKS) == {key for keys in PIPELINE_STAGES.values() for key in keys}

