@@ -1,6 +1,7 @@
 """``python -m pipelines`` (also ``slipway``): compile pipelines, or run one locally.
 
     python -m pipelines run training [--set train.estimator=svm]
+    python -m pipelines run training --export models/current --metrics reports/metrics.json
     python -m pipelines compile [--out-dir build/pipelines]
     python -m pipelines list
 
