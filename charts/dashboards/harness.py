@@ -248,3 +248,147 @@ def pushgateway_scrape_config(url: str) -> dict:
     """The job the monitoring chart's ServiceMonitor makes: honor_labels keeps pushed labels."""
     return {"job_name": "pushgateway", "scrape_interval": "1s", "honor_labels": True,
             "static_configs": [{"targets": [url.removeprefix("http://")]}]}
+
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_ARGS = ["--set", "dataset=breast_cancer", "--set", "train.framework=sklearn",
+              "--set", "train.estimator=random_forest",
+              "--set", "train.hyperparameters.random_forest.n_estimators=30",
+              "--set", "train.cv_folds=3"]
+
+
+class Stack:
+    """Everything the dashboards read, for real, on 127.0.0.1.
+
+    A real pipeline run (``python -m pipelines run training``) pushes its metrics to a real
+    Pushgateway and packages a model into the BentoML store named by ``BENTOML_HOME``; a real
+    ``bentoml serve`` serves that model under load (valid rows, rows shifted to drift, invalid
+    requests, more concurrency than it admits); a real Prometheus scrapes the server as the
+    chart's ServiceMonitor would, the Pushgateway, and the cluster stand-in.
+
+    Use as a context manager; :meth:`start_load` runs the load in the background.
+    """
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.env = {**os.environ, **(env or {})}
+        self.parts: list[Any] = []
+        self._stop = None
+        self.counts: dict[str, int] = {}
+
+    def __enter__(self) -> Stack:
+        import sys
+
+        try:
+            self.pushgateway = self._keep(Pushgateway(self.workdir))
+            run = subprocess.run(
+                [sys.executable, "-m", "pipelines", "run", "training", *TRAIN_ARGS],
+                cwd=REPO, capture_output=True, text=True, timeout=900,
+                env={**self.env, "SLIPWAY_PUSHGATEWAY": self.pushgateway.url,
+                     "PYTHONPATH": str(REPO)})
+            self.pipeline_output = run.stdout + run.stderr
+            import re
+
+            tag = re.search(r"BentoML model\s+(\S+)", run.stdout)
+            if run.returncode != 0 or tag is None or "run metrics    pushed" not in run.stdout:
+                raise RuntimeError(f"the pipeline run failed or pushed nothing:\n"
+                                   f"{self.pipeline_output[-4000:]}")
+            self.model_tag = tag.group(1)
+            self.port = free_port()
+            self.url = f"http://{HOST}:{self.port}"
+            serve_env = {k: v for k, v in self.env.items() if not k.startswith("SLIPWAY_")}
+            serve_env.update(SLIPWAY_MODEL=self.model_tag, SLIPWAY_MAX_CONCURRENCY="3",
+                             SLIPWAY_DRIFT_WINDOW="300", PYTHONPATH=str(REPO))
+            bentoml = str(Path(sys.executable).with_name("bentoml"))
+            log = self.workdir / "serve.log"
+            with log.open("w") as out:
+                proc = subprocess.Popen(
+                    [bentoml, "serve", "serving.service:Slipway", "--host", HOST, "--port",
+                     str(self.port)], cwd=REPO, env=serve_env, stdout=out,
+                    stderr=subprocess.STDOUT, start_new_session=True)
+            self.server = _Process.__new__(_Process)
+            self.server.proc, self.server.log = proc, log
+            self._keep(self.server)
+            self.server.wait_http(self.url + "/readyz", timeout=120)
+            self.stand_in = self._keep(ClusterStandIn(lambda: process_tree(proc.pid),
+                                                      self.url + "/readyz"))
+            self.prometheus = self._keep(Prometheus(self.workdir, [
+                serving_scrape_config(f"{HOST}:{self.port}"),
+                self.stand_in.scrape_config(),
+                pushgateway_scrape_config(self.pushgateway.url)]))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _keep(self, part):
+        self.parts.append(part)
+        return part
+
+    def rows(self) -> list[dict]:
+        from sklearn.datasets import load_breast_cancer
+
+        frame = load_breast_cancer(as_frame=True).data
+        return [{k: float(v) for k, v in r.items()} for r in frame.to_dict(orient="records")]
+
+    def start_load(self, threads: int = 5) -> None:
+        """Valid rows (a third of them shifted, so drift shows), a few invalid requests, and
+        more concurrent clients than SLIPWAY_MAX_CONCURRENCY admits (some 503s)."""
+        import random
+        import threading
+
+        import httpx
+
+        rows = self.rows()
+        shifted = [{**r, "mean radius": r["mean radius"] * 2.5, "mean area": r["mean area"] * 4}
+                   for r in rows]
+        stop = threading.Event()
+        lock = threading.Lock()
+
+        def count(key: str) -> None:
+            with lock:
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+        def worker(seed: int) -> None:
+            rnd = random.Random(seed)
+            with httpx.Client(base_url=self.url, timeout=30) as client:
+                while not stop.is_set():
+                    pool = shifted if rnd.random() < 0.35 else rows
+                    if rnd.random() < 0.05:
+                        body = {"instances": [{"mean radius": "wide"}]}
+                    else:
+                        body = {"instances": rnd.sample(pool, rnd.randint(1, 16))}
+                    try:
+                        count(str(client.post("/predict", json=body).status_code))
+                    except httpx.HTTPError:
+                        count("error")
+
+        self._stop = stop
+        self._threads = [threading.Thread(target=worker, args=(i,), daemon=True)
+                         for i in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def stop_load(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            for t in self._threads:
+                t.join(30)
+            self._stop = None
+
+    def __exit__(self, *exc) -> None:
+        self.stop_load()
+        for part in reversed(self.parts):
+            try:
+                part.stop()
+            except Exception:  # noqa: BLE001 - stop the rest whatever happens
+                pass
+        self.parts.clear()
+
+
+def substitute(expr: str, values: dict[str, str], rate_interval: str = "30s") -> str:
+    """A panel's PromQL with Grafana's variables replaced as Grafana would (``$x``)."""
+    expr = expr.replace("$__rate_interval", rate_interval)
+    for name in sorted(values, key=len, reverse=True):
+        expr = expr.replace(f"${name}", values[name])
+    return expr
