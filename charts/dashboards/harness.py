@@ -262,7 +262,7 @@ class Stack:
 
     A real pipeline run (``python -m pipelines run training``) pushes its metrics to a real
     Pushgateway and packages a model into the BentoML store named by ``BENTOML_HOME``; a real
-    ``bentoml serve`` serves that model under load (valid rows, rows shifted to drift, invalid
+    ``bentoml serve`` serves that model under load (valid rows, rows that drift, invalid
     requests, more concurrency than it admits); a real Prometheus scrapes the server as the
     chart's ServiceMonitor would, the Pushgateway, and the cluster stand-in.
 
@@ -328,20 +328,23 @@ class Stack:
     def rows(self) -> list[dict]:
         from sklearn.datasets import load_breast_cancer
 
-        frame = load_breast_cancer(as_frame=True).data
-        return [{k: float(v) for k, v in r.items()} for r in frame.to_dict(orient="records")]
+        frame = load_breast_cancer(as_frame=True).data  # ingest's names: spaces -> _
+        return [{k.replace(" ", "_"): float(v) for k, v in r.items()}
+                for r in frame.to_dict(orient="records")]
 
     def start_load(self, threads: int = 5) -> None:
-        """Valid rows (a third of them shifted, so drift shows), a few invalid requests, and
-        more concurrent clients than SLIPWAY_MAX_CONCURRENCY admits (some 503s)."""
+        """Valid rows (two fifths drawn from the largest tumours, so drift shows), a few
+        invalid requests, and more concurrent clients than SLIPWAY_MAX_CONCURRENCY admits."""
         import random
         import threading
 
         import httpx
 
         rows = self.rows()
-        shifted = [{**r, "mean radius": r["mean radius"] * 2.5, "mean area": r["mean area"] * 4}
-                   for r in rows]
+        # Drift that the range check lets through: real rows, but only the largest tumours
+        # (top tenth of mean_radius), so radius, perimeter and area leave their training bins.
+        cut = sorted(r["mean_radius"] for r in rows)[int(len(rows) * 0.9)]
+        shifted = [r for r in rows if r["mean_radius"] >= cut]
         stop = threading.Event()
         lock = threading.Lock()
 
@@ -353,9 +356,9 @@ class Stack:
             rnd = random.Random(seed)
             with httpx.Client(base_url=self.url, timeout=30) as client:
                 while not stop.is_set():
-                    pool = shifted if rnd.random() < 0.35 else rows
+                    pool = shifted if rnd.random() < 0.4 else rows
                     if rnd.random() < 0.05:
-                        body = {"instances": [{"mean radius": "wide"}]}
+                        body = {"instances": [{"mean_radius": "wide"}]}
                     else:
                         body = {"instances": rnd.sample(pool, rnd.randint(1, 16))}
                     try:
