@@ -297,7 +297,7 @@ class Stack:
             self.port = free_port()
             self.url = f"http://{HOST}:{self.port}"
             serve_env = {k: v for k, v in self.env.items() if not k.startswith("SLIPWAY_")}
-            serve_env.update(SLIPWAY_MODEL=self.model_tag, SLIPWAY_MAX_CONCURRENCY="3",
+            serve_env.update(SLIPWAY_MODEL=self.model_tag, SLIPWAY_MAX_CONCURRENCY="4",
                              SLIPWAY_DRIFT_WINDOW="300", PYTHONPATH=str(REPO))
             bentoml = str(Path(sys.executable).with_name("bentoml"))
             log = self.workdir / "serve.log"

@@ -46,8 +46,10 @@ def draw(prom: harness.Prometheus, uid: str, start: float, end: float, out: Path
     cols = 3
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 6, rows * 3.2), squeeze=False)
-    fig.suptitle(f"{board['title']}  (namespace {harness.NAMESPACE}, service "
-                 f"{harness.SERVICE}; drawn from Prometheus, not Grafana)", fontsize=13)
+    where = (f"namespace {harness.NAMESPACE}, service {harness.SERVICE}"
+             if uid == "slipway-inference" else "pipeline training, every model")
+    fig.suptitle(f"{board['title']}  ({where}; drawn from Prometheus by "
+                 "make dashboards-preview, not by Grafana)", fontsize=13)
     step = max(1.0, (end - start) / 200)
     for ax, panel in zip(axes.flat, panels, strict=False):
         ax.set_title(panel["title"], fontsize=10)
@@ -56,11 +58,13 @@ def draw(prom: harness.Prometheus, uid: str, start: float, end: float, out: Path
         drew = False
         for t in panel["targets"]:
             expr = harness.substitute(t["expr"], VALUES)
-            if kind in ("timeseries", "statetimeline"):
+            if kind in ("timeseries", "state-timeline"):
                 for series in prom.query_range(expr, start, end, step):
                     xs = [float(v[0]) - end for v in series["values"]]
                     ys = [float(v[1]) for v in series["values"]]
-                    ax.plot(xs, ys, drawstyle="steps-post" if kind == "statetimeline" else
+                    if not any(ys) and len(panel["targets"]) == 1:
+                        continue  # an all-zero series (a 4xx reason never seen): no line
+                    ax.plot(xs, ys, drawstyle="steps-post" if kind == "state-timeline" else
                             "default", label=legend(t.get("legendFormat", ""), series["metric"]))
                     drew = True
             else:
@@ -84,9 +88,11 @@ def draw(prom: harness.Prometheus, uid: str, start: float, end: float, out: Path
         if not drew:
             ax.text(0.5, 0.5, "no data here", ha="center", va="center", color="grey",
                     transform=ax.transAxes)
-        elif kind in ("timeseries", "statetimeline"):
+        elif kind in ("timeseries", "state-timeline"):
             ax.set_xlabel("seconds before the end", fontsize=8)
             ax.set_ylabel(unit, fontsize=8)
+            if kind == "state-timeline":
+                ax.set_yticks([0, 1], ["rejected", "passed"])
             handles, _ = ax.get_legend_handles_labels()
             if 0 < len(handles) <= 8:
                 ax.legend(fontsize=7, loc="upper left")
