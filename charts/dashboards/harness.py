@@ -87,13 +87,17 @@ class _Process:
 
 
 class Pushgateway(_Process):
-    """A real Pushgateway on a free port (no persistence)."""
+    """A real Pushgateway on a free port, in memory only.
+
+    Debian's build persists to /var/lib/prometheus/pushgateway.data by default, which every
+    Pushgateway on the machine would share: ``--persistence.file=`` turns that off.
+    """
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
-        super().__init__(["prometheus-pushgateway", f"--web.listen-address={HOST}:{self.port}"],
-                         workdir / "pushgateway.log")
+        super().__init__(["prometheus-pushgateway", f"--web.listen-address={HOST}:{self.port}",
+                          "--persistence.file="], workdir / "pushgateway.log")
         self.wait_http(self.url + "/-/ready")
 
 
