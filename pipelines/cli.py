@@ -166,6 +166,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_local_notes(params, stages.PIPELINE_STAGES[args.pipeline])
     result = local.run(pipeline, params, local.arguments(params, repo, repo), cache=args.cache)
     _print_summary(result)
+    from pipelines.run_metrics import push_after_run  # monitoring: Pushgateway, if configured
+    push_after_run(result, params)
     if args.cache:
         print(f"  cache          {len(result.summary['executed'])} task(s) executed, "
               f"{len(result.summary['reused'])} reused from earlier runs (CACHE=0: none)")
