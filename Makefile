@@ -140,3 +140,11 @@ schedule: setup ## recurring run on the KFP endpoint: NAME= CRON="0 0 3 * * *" (
 	@$(PY) -m pipelines schedule $(ACTION) $(NAME) --pipeline $(PIPELINE) $(KFP_ARGS) \
 		$(if $(CRON),--cron "$(CRON)") --max-concurrency $(MAX_CONCURRENCY) \
 		$(if $(EXPERIMENT),--experiment $(EXPERIMENT))
+
+runs: setup ## recent local and KFP runs side by side: params, test metrics, gate, model version
+	@$(PY) -m pipelines runs $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
+
+TRIGGER_HOST ?= 127.0.0.1
+TRIGGER_PORT ?= 9095
+trigger: setup ## serve the retraining trigger (Alertmanager webhook; SLIPWAY_TRIGGER_TOKEN)
+	@$(PY) -m pipelines trigger serve --host $(TRIGGER_HOST) --port $(TRIGGER_PORT) $(KFP_ARGS)

@@ -106,6 +106,39 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from components.errors import SlipwayError
+    from pipelines import kfp_api, runs
+
+    params = load_params(args.params, args.set)
+    rows = runs.local_rows(params.kfp.pipeline_root, args.limit)
+    note = ""
+    if not args.local_only:
+        try:
+            endpoint = kfp_api.resolve_endpoint(params)
+        except SlipwayError:
+            note = ("remote runs: no KFP endpoint configured (kfp.endpoint.host or "
+                    f"{kfp_api.ENV_HOST})")
+        else:
+            try:
+                session = kfp_api.connect(params)
+                rows += runs.remote_rows(session, args.experiment, args.limit)
+            except SlipwayError as err:
+                note = f"remote runs from {endpoint.host} not shown: {err}"
+    runs.render(rows)
+    if note:
+        print(note)
+    return 0
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    from pipelines import trigger
+
+    params = load_params(args.params, args.set)
+    trigger.serve(params, args.params, args.host, args.port)
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register the KFP endpoint subcommands on ``python -m pipelines``' parser."""
     remote = argparse.ArgumentParser(add_help=False, parents=[common])
@@ -140,6 +173,20 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("--disabled", action="store_true", help="create it paused")
     p.add_argument("--experiment", help="default kfp.endpoint.experiment")
     p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("runs", parents=[common],
+                       help="recent local and KFP runs side by side (params, metrics, gate)")
+    p.add_argument("--limit", type=int, default=20, help="runs of each kind")
+    p.add_argument("--local-only", action="store_true", help="do not ask the KFP endpoint")
+    p.add_argument("--experiment", help="only this experiment's remote runs")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("trigger", parents=[common],
+                       help="the retraining trigger: receive Alertmanager's webhook")
+    p.add_argument("action", choices=["serve"])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9095)
+    p.set_defaults(func=cmd_trigger)
 
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - `python -m pipelines`
