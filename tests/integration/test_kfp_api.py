@@ -408,3 +408,37 @@ def test_the_fake_refuses_a_duplicate_pipeline_name(fake, compiled):
     with pytest.raises(kfp_server_api.ApiException) as err:
         client.upload_pipeline(str(compiled.path), "training", namespace=NS)
     assert err.value.status == 409
+
+
+# ---- make runs: the remote side ---------------------------------------------------------------
+
+
+def test_the_runs_table_shows_remote_runs_with_the_settings_they_changed(
+        session, params, fake, tmp_path, capsys):
+    from pipelines import runs
+
+    overridden = load_params(REPO / "params.yaml", ["train.estimator=svm"])
+    done = kfp_api.submit(session, overridden, "training", ["train.estimator=svm"],
+                          base_params=params, out_dir=tmp_path)
+    kfp_api.submit(session, params, "training", [], out_dir=tmp_path)
+    rows = runs.remote_rows(session)
+    assert [r.where for r in rows] == ["kfp", "kfp"]
+    by_id = {r.run: r for r in rows}
+    assert by_id[done.run_id].params == "train.estimator=svm"
+    assert by_id[done.run_id].pipeline == "training"
+    assert by_id[done.run_id].version == f"({done.version.name})"
+    assert [r.params for r in rows if r.run != done.run_id] == ["(defaults)"]
+    capsys.readouterr()
+    runs.render(rows)
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["where", "run", "pipeline"]
+    assert any(done.run_id in line and "train.estimator=svm" in line for line in table)
+
+
+def test_cli_runs_says_when_no_endpoint_is_configured(monkeypatch, tmp_path, capsys):
+    for key in ("KFP_HOST", "KFP_TOKEN", "KFP_NAMESPACE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(REPO)
+    assert cli.main(["runs", "--set", f"kfp.pipeline_root={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "no runs yet" in out and "no KFP endpoint configured" in out
