@@ -772,7 +772,14 @@ def _same_schedule(existing: Any, want: Schedule, version: Version) -> bool:
     return (ref is not None and ref.pipeline_version_id == version.version_id
             and cron == want.cron and int(existing.max_concurrency or 1) == want.max_concurrency
             and bool(existing.no_catchup) == want.no_catchup
-            and (existing.mode == "ENABLE") == want.enabled and params == want.parameters)
+            and _enabled(existing) == want.enabled and params == want.parameters)
+
+
+def _enabled(existing: Any) -> bool:
+    # `status` is what the API server reports; `mode` only echoes the creation request
+    if existing.status in ("ENABLED", "DISABLED"):
+        return existing.status == "ENABLED"
+    return existing.mode == "ENABLE"
 
 
 def schedule(session: Session, want: Schedule, version: Version, experiment: str,
