@@ -271,6 +271,24 @@ class KfpParams(_Strict):
         return name, self.profiles[name]
 
 
+class MonitoringParams(_Strict):
+    """Where pipeline runs push their metrics (pipelines/run_metrics.py).
+
+    ``pushgateway``: a Prometheus Pushgateway URL (``http://host:9091``); null: no push.
+    The environment variable ``SLIPWAY_PUSHGATEWAY`` overrides it.
+    """
+
+    pushgateway: str | None = None
+
+    @field_validator("pushgateway")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL: write it as "
+                             "http://<host>:9091, or null for no push")
+        return value or None
+
+
 class Params(_Strict):
     dataset: str
     datasets: dict[str, DatasetSpec]
@@ -282,6 +300,7 @@ class Params(_Strict):
     package: PackageParams = Field(default_factory=PackageParams)
     tune: TuneParams = Field(default_factory=TuneParams)
     kfp: KfpParams = Field(default_factory=KfpParams)
+    monitoring: MonitoringParams = Field(default_factory=MonitoringParams)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -167,6 +167,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = local.run(pipeline, params, {"data_root": repo, "code_dir": repo},
                        cache=args.cache)
     _print_summary(result)
+    from pipelines.run_metrics import push_after_run  # monitoring: Pushgateway, if configured
+    push_after_run(result, params)
     if args.cache:
         print(f"  kfp.local cache: {len(result.summary['executed'])} task(s) executed, "
               f"{len(result.summary['reused'])} reused from earlier runs")
