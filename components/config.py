@@ -206,12 +206,39 @@ class Profile(_Strict):
 TASKS = tuple(STAGES)  # what kfp.task_profiles may name
 
 
+class KfpEndpoint(_Strict):
+    """Where ``make upload / submit / schedule`` send pipelines (pipelines/kfp_api.py).
+
+    The environment overrides each: KFP_HOST, KFP_NAMESPACE, KFP_TOKEN (the token itself),
+    KFP_TOKEN_FILE, KFP_EXPERIMENT. Without a token, the in-cluster service account token
+    is used where there is one.
+    """
+
+    host: str = ""                 # e.g. https://kubeflow.example.com/pipeline; "" = not set
+    namespace: str = ""            # the Kubeflow profile namespace (multi-user)
+    token_file: str = ""           # a file holding the bearer token (re-read per request)
+    experiment: str = "slipway"    # runs go to this experiment (created when missing)
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class KfpTrigger(_Strict):
+    """The retraining trigger: ``slipway trigger serve`` (pipelines/trigger.py)."""
+
+    target: Literal["local", "kfp"] = "local"   # start a local run, or a run on kfp.endpoint
+    pipeline: str = "training"
+    cooldown_s: float = Field(3600.0, ge=0)     # per model: no second run within this time
+    state_file: str = "build/trigger/state.json"  # alert episodes seen, last run per model
+    token_file: str = ""           # the bearer token Alertmanager sends; env SLIPWAY_TRIGGER_TOKEN
+
+
 class KfpParams(_Strict):
     image: str = "slipway/components:0.1.0"
     pipeline_root: str = "build/kfp-local"
     default_profile: str = "cpu-small"
     task_profiles: dict[str, str] = Field(default_factory=dict)
     profiles: dict[str, Profile] = Field(default_factory=lambda: {"cpu-small": Profile()})
+    endpoint: KfpEndpoint = Field(default_factory=KfpEndpoint)
+    trigger: KfpTrigger = Field(default_factory=KfpTrigger)
 
     @model_validator(mode="after")
     def _check(self) -> KfpParams:

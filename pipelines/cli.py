@@ -3,6 +3,7 @@
     python -m pipelines run training [--set train.estimator=svm]
     python -m pipelines compile [--out-dir build/pipelines]
     python -m pipelines list
+    python -m pipelines upload | submit | schedule | runs | trigger   (pipelines/kfp_cli.py)
 
 Exit status: 0 success, 1 a task failed, 2 bad settings or input, 3 the gate rejected
 the model (it was not packaged).
@@ -210,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     p_compile.add_argument("--out-dir", default="build/pipelines", help="where the YAML goes")
     p_compile.set_defaults(func=cmd_compile)
     sub.add_parser("list", help="list the pipelines").set_defaults(func=cmd_list)
+    # upload / submit / schedule / runs / trigger: pipelines/kfp_cli.py
+    from pipelines import kfp_cli
+
+    kfp_cli.add_parsers(sub, common)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
