@@ -223,6 +223,7 @@ def package_op(
     model_name: str,
     register_model: bool,
     code_dir: str,
+    trigger: str,
     model_version: Output[Model],
 ):
     """Write the model version (skops files, schema, metrics, lineage); register it in BentoML.
@@ -249,7 +250,8 @@ def package_op(
         lineage = package(transformer.path, model.path,
                           Path(evaluation.path) / "evaluation.json", settings,
                           model_version.path, code_dir,
-                          images={k: v for k, v in images.items() if v})
+                          images={k: v for k, v in images.items() if v},
+                          trigger=from_parameter(trigger) if trigger else None)
         model_version.metadata.update(version=lineage["version"],
                                       dataset_md5=lineage["dataset"]["md5"],
                                       framework=lineage["framework"])

@@ -165,7 +165,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"Running pipeline {args.pipeline!r} locally (kfp.local SubprocessRunner): dataset "
           f"{params.dataset!r} ({spec.task}), {params.train.framework}/{params.train.estimator}")
     _print_local_notes(params, stages.PIPELINE_STAGES[args.pipeline])
-    result = local.run(pipeline, params, local.arguments(params, repo, repo), cache=args.cache)
+    arguments = local.arguments(params, repo, repo)
+    if args.trigger:
+        arguments["trigger"] = _trigger_parameter(args.trigger)
+    result = local.run(pipeline, params, arguments, cache=args.cache)
     _print_summary(result)
     from pipelines.run_metrics import push_after_run  # monitoring: Pushgateway, if configured
     push_after_run(result, params)
@@ -176,6 +179,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     gate = result.summary.get("gate", {})
     return 0 if gate.get("passed", True) else 3
+
+
+def _trigger_parameter(path: Path) -> str:
+    """The alert a run was started for (a JSON file, from ``slipway trigger``) as the
+    pipeline's ``trigger`` parameter."""
+    import json
+
+    from components.config import to_parameter
+
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise SlipwayError(f"--trigger {path}: not a readable JSON file ({err})",
+                           "pass the alert record that slipway trigger wrote") from None
+    if not isinstance(record, dict):
+        raise SlipwayError(f"--trigger {path}: not a JSON object",
+                           "pass the alert record that slipway trigger wrote")
+    return to_parameter(record)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -205,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="reuse the outputs of tasks whose data (by content hash), settings "
                             "and stage code are unchanged since an earlier local run (default: "
                             "on; --no-cache runs every task)")
+    p_run.add_argument("--trigger", type=Path, metavar="FILE",
+                       help="the alert this run retrains for (JSON, written by slipway trigger); "
+                            "recorded in the model version's lineage")
     p_run.set_defaults(func=cmd_run)
     p_compile = sub.add_parser("compile", parents=[common], help="compile pipelines to IR YAML")
     p_compile.add_argument("pipelines", nargs="*", help="names (default: all)")

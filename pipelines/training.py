@@ -119,6 +119,7 @@ def build(params: Params) -> Callable:
         register_model: bool = params.package.bentoml_store,
         data_root: str = ".",
         code_dir: str = ".",
+        trigger: str = "",
     ):
         """Train, evaluate, gate and package one model.
 
@@ -136,6 +137,8 @@ def build(params: Params) -> Callable:
             register_model: add the packaged version to the BentoML model store.
             data_root: directory that dataset paths are relative to (the DVC work tree).
             code_dir: git work tree whose commit is recorded in the lineage.
+            trigger: the alert that started this run (JSON: alert, model version,
+                features, PSI), recorded in the lineage; "" for a run started by hand.
         """
         wiring = Wiring(params, dict(locals()))  # the parameters above, by name
         for key in stages.PIPELINE_STAGES["training"]:

@@ -37,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from components.config import Params
+from components.config import Params, to_parameter
 from components.errors import SlipwayError
 
 TOKEN_ENV = "SLIPWAY_TRIGGER_TOKEN"
@@ -207,7 +207,8 @@ def kfp_starter(params: Params, pipeline: str, session_factory: Callable[[], Any
     def start(episode: Episode) -> str:
         session = session_factory()
         spec = kfp_api.compile_spec(params, pipeline)
-        extra = {"trigger": episode.record()} if "trigger" in spec.parameters else {}
+        extra = ({"trigger": to_parameter(episode.record())}
+                 if "trigger" in spec.parameters else {})
         done = kfp_api.submit(session, params, pipeline, [],
                               run_name=f"retrain {episode.model_name} after {episode.alertname}",
                               description=f"retraining: {episode.summary()}",
@@ -235,8 +236,10 @@ def local_starter(params_path: str | Path, pipeline: str, pipeline_root: str | P
             with one_at_a_time:
                 root = Path(cwd) / pipeline_root
                 before = {p.name for p in root.iterdir()} if root.is_dir() else set()
+                alert = log.with_suffix(".alert.json")
+                alert.write_text(json.dumps(episode.record(), indent=1))
                 args = [sys.executable, "-m", "pipelines", "run", pipeline, "--params",
-                        str(params_path)]
+                        str(params_path), "--trigger", str(alert)]
                 for s in settings or []:
                     args += ["--set", s]
                 with open(log, "w") as out:

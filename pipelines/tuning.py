@@ -41,6 +41,7 @@ def build(params: Params) -> Callable:
         register_model: bool = params.package.bentoml_store,
         data_root: str = ".",
         code_dir: str = ".",
+        trigger: str = "",
     ):
         """Tune, then evaluate, gate and package the best model.
 
@@ -62,6 +63,8 @@ def build(params: Params) -> Callable:
             register_model: add the packaged version to the BentoML model store.
             data_root: directory that dataset paths are relative to (the DVC work tree).
             code_dir: git work tree whose commit is recorded in the lineage.
+            trigger: the alert that started this run (JSON: alert, model version,
+                features, PSI), recorded in the lineage; "" for a run started by hand.
         """
         wiring = Wiring(params, dict(locals()))  # the parameters above, by name
         for key in ("ingest", "validate", "split", "preprocess"):

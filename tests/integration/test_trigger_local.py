@@ -46,6 +46,11 @@ def test_a_local_retraining_run_records_the_alert_and_make_runs_lists_it(
     assert record["exit_status"] == 0, log
     assert record["model_version"] == "v1" and record["psi"] == {"mean radius": 0.41}
     assert record["features"] == ["mean radius", "mean texture"]
+    # The new model version's lineage names the alert that caused it.
+    lineage = json.loads((run_dir / "package-op" / "model_version" / "lineage.json").read_text())
+    assert lineage["trigger"]["alertname"] == "SlipwayInputDrift"
+    assert lineage["trigger"]["model_version"] == "v1"
+    assert lineage["trigger"]["psi"] == {"mean radius": 0.41}
 
     (row,) = runs.local_rows(root)
     assert row.state == "SUCCEEDED" and row.model == "sklearn/logistic_regression"
