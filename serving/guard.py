@@ -2,8 +2,8 @@
 
 Added to the BentoML service with ``add_asgi_middleware``, so it runs inside BentoML's own
 middlewares (its request metrics count the 401s and 503s it sends) and before any route,
-including BentoML's. Probes (``/livez``, ``/healthz``, ``/readyz``) and ``/metrics`` are
-always open, so Kubernetes and Prometheus need no token.
+including BentoML's. Probes (``/livez``, ``/healthz``, ``/readyz``, ``/v2/health/live``,
+``/v2/health/ready``) and ``/metrics`` are always open, so Kubernetes and Prometheus need no token.
 
 * Authentication (when a token is configured): any other path needs
   ``Authorization: Bearer <token>``, else 401 with ``WWW-Authenticate``.
@@ -20,8 +20,14 @@ from typing import Any
 
 import orjson
 
-OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics", "/v2/health/live",
+                        "/v2/health/ready"})
 LIMITED_PATHS = frozenset({"/predict"})
+
+
+def _limited(path: str) -> bool:
+    """Prediction routes: ``/predict`` and the v2 ``.../infer`` routes."""
+    return path in LIMITED_PATHS or (path.startswith("/v2/models/") and path.endswith("/infer"))
 
 
 def current_runtime() -> Any:
@@ -85,7 +91,7 @@ class Guard:
                 [(b"www-authenticate", b'Bearer realm="slipway"')],
             )
             return
-        if scope["path"] not in LIMITED_PATHS:
+        if not _limited(scope["path"]):
             await self.app(scope, receive, send)
             return
         limit = runtime.settings.max_concurrency

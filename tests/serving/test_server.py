@@ -373,3 +373,87 @@ def test_a_real_prometheus_scrapes_the_metrics(server, client, bc_model, tmp_pat
         os.killpg(prom.pid, signal.SIGTERM)
         prom.wait(30)
         log.close()
+
+
+# ---- the Open Inference Protocol v2 with a real client -----------------------------------
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json-tensors", "binary-tensors"])
+def test_tritonclient_works_unchanged(server, bc_model, binary):
+    """``tritonclient[http]`` (pinned in the dev dependencies), as an application written for
+    Triton, KServe or MLServer would use it: JSON tensors, and Triton's binary extension."""
+    httpclient = pytest.importorskip("tritonclient.http")
+    from tritonclient.utils import InferenceServerException
+
+    # (A fresh headers dict per call: tritonclient adds its own headers to the one given.)
+    client = httpclient.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    try:
+        assert client.is_server_live() and client.is_server_ready()  # open probes
+        assert client.is_model_ready(bc_model.name, headers=dict(AUTH))
+        assert client.is_model_ready(bc_model.name, bc_model.version, headers=dict(AUTH))
+        meta = client.get_model_metadata(bc_model.name, headers=dict(AUTH))
+        names = [i["name"] for i in meta["inputs"]]
+        assert meta["versions"] == [bc_model.version]
+        values = bc_model.features[names].to_numpy(dtype=np.float64)
+        inputs = []
+        for j, name in enumerate(names):
+            tensor = httpclient.InferInput(name, [len(values)], "FP64")
+            tensor.set_data_from_numpy(values[:, j], binary_data=binary)
+            inputs.append(tensor)
+        wanted = [httpclient.InferRequestedOutput(n, binary_data=binary)
+                  for n in ("label", "probabilities")]
+        result = client.infer(bc_model.name, inputs, outputs=wanted, headers=dict(AUTH),
+                              model_version=bc_model.version, request_id="tc-1")
+        labels = [v.decode() if isinstance(v, bytes) else str(v)
+                  for v in result.as_numpy("label")]
+        assert labels == bc_model.expected_labels
+        proba = result.as_numpy("probabilities")
+        assert proba.shape == (len(values), 2)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+        response = result.get_response()
+        assert response["model_version"] == bc_model.version and response["id"] == "tc-1"
+
+        # The same matrix as one [N, F] tensor.
+        matrix = httpclient.InferInput("input-0", list(values.shape), "FP64")
+        matrix.set_data_from_numpy(values, binary_data=binary)
+        result = client.infer(bc_model.name, [matrix], headers=dict(AUTH))
+        assert [v.decode() if isinstance(v, bytes) else str(v)
+                for v in result.as_numpy("label")] == bc_model.expected_labels
+
+        # A malformed request: the client raises with the server's message, naming the input.
+        inputs[3] = httpclient.InferInput("mean_aera", [len(values)], "FP64")
+        inputs[3].set_data_from_numpy(values[:, 3], binary_data=binary)
+        with pytest.raises(InferenceServerException, match="mean_aera") as info:
+            client.infer(bc_model.name, inputs, headers=dict(AUTH))
+        assert info.value.status() == "400"
+        with pytest.raises(InferenceServerException, match="unauthorized|bearer"):
+            client.infer(bc_model.name, [matrix])  # no token
+    finally:
+        client.close()
+
+
+def test_v2_routes_over_http(client, bc_model):
+    names = [f["name"] for f in bc_model.schema["features"]]
+    body = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 30],
+                        "data": bc_model.features[names].to_numpy()[0].tolist()}]}
+    answer = client.post(f"/v2/models/{bc_model.name}/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == bc_model.expected_labels[:1]
+    bad = client.post(f"/v2/models/{bc_model.name}/versions/nope/infer", json=body)
+    assert bad.status_code == 404 and bad.json()["reason"] == "unknown_version"
+    assert httpx.get(client.base_url.join("/v2/health/ready")).status_code == 200  # open
+    assert httpx.get(client.base_url.join(f"/v2/models/{bc_model.name}")).status_code == 401
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=json_values | st.builds(lambda tensors: {"inputs": tensors}, st.lists(
+    st.fixed_dictionaries({"name": st.sampled_from(["mean_radius", "x", ""]),
+                           "datatype": st.sampled_from(["FP64", "BYTES", "INT8", "?"]),
+                           "shape": st.lists(st.integers(-1, 31), max_size=3),
+                           "data": st.lists(st.floats() | st.text(max_size=2), max_size=4)}),
+    max_size=3)))
+def test_fuzzed_v2_bodies_never_get_a_5xx(client, bc_model, body):
+    answer = client.post(f"/v2/models/{bc_model.name}/infer",
+                         content=json.dumps(body, allow_nan=True).encode(),
+                         headers={"Content-Type": "application/json"})
+    assert answer.status_code < 500, answer.text
+    assert "Traceback" not in answer.text
