@@ -31,6 +31,7 @@ from serving.api import build_app
 from serving.guard import Guard
 from serving.model import pinned_model
 from serving.runtime import ModelRuntime
+from serving.timeout_fix import install as install_timeout_fix
 
 
 @bentoml.service(
@@ -55,6 +56,10 @@ class Slipway:
             # BentoML's server logging keeps the root at WARNING; the load / not-ready lines
             # below are INFO and ERROR and must reach the worker's log.
             slipway_logger.setLevel(logging.INFO)
+        # BentoML's per-request timeout timers kept every finished request alive for the
+        # whole timeout, and the garbage collector's pauses grew with them: the stall after
+        # bursts (serving/timeout_fix.py).
+        install_timeout_fix()
         self.runtime = ModelRuntime.from_env()
         self.runtime.start()
 
