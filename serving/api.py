@@ -210,7 +210,7 @@ async def v2_live(request: Request) -> Response:
 
 async def v2_ready(request: Request) -> Response:
     runtime = current_runtime()
-    ready = bool(runtime is not None and runtime.ready)
+    ready = bool(runtime is not None and runtime.ready and not runtime.draining)
     return JSONAnswer({"ready": ready}, status_code=200 if ready else 503)
 
 

@@ -54,6 +54,19 @@ async def send_json(send: Any, status: int, body: dict[str, Any],
     await send({"type": "http.response.body", "body": payload})
 
 
+def _closing(send: Any) -> Any:
+    """``send`` with ``Connection: close`` added to the response head (uvicorn then closes
+    the connection after the answer, and the client opens a new one elsewhere)."""
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = [h for h in message.get("headers") or () if h[0].lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return wrapped
+
+
 def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
     for key, value in scope.get("headers") or ():
         if key == name:
@@ -70,10 +83,15 @@ class Guard:
         self.in_flight = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         runtime = self.runtime()
+        if runtime is not None and getattr(runtime, "draining", False):
+            send = _closing(send)  # shutting down: every answer closes its connection
+        if scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
         if runtime is None or runtime.settings is None:
             # No instance yet, or settings that could not be read: auth cannot be known, so
             # nothing is served (fail closed).

@@ -55,6 +55,7 @@ class ModelRuntime:
         self._batcher: MicroBatcher[RawRows, Prediction] | None = None
         self._loader: threading.Thread | None = None
         self._drift_published = 0.0
+        self.draining = False  # set on SIGTERM (serving/drain.py): answers close connections
 
     @classmethod
     def from_env(cls, metrics: ServingMetrics | None = None) -> ModelRuntime:

@@ -457,3 +457,141 @@ def test_fuzzed_v2_bodies_never_get_a_5xx(client, bc_model, body):
                          headers={"Content-Type": "application/json"})
     assert answer.status_code < 500, answer.text
     assert "Traceback" not in answer.text
+
+
+# ---- shutdown under load, and the 413 that Python clients read ---------------------------
+
+def _keepalive_client(port: int, request: bytes, stop, counts: dict, lock) -> None:
+    """Send requests one after another on a keep-alive connection, reconnecting when an
+    answer says ``Connection: close``, until the server refuses to connect or ``stop``.
+    A request written on an open connection that gets no whole answer is counted lost."""
+    sock = None
+    while not stop.is_set():
+        if sock is None:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            except OSError:  # refused: the server stopped accepting; nothing was sent
+                with lock:
+                    counts["refused"] += 1
+                return
+        try:
+            sock.sendall(request)
+        except OSError:
+            with lock:
+                counts["send_failed"] += 1
+            sock.close()
+            sock = None
+            continue
+        try:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed before the answer")
+                data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").lower().split("\r\n")
+            length = int(next(x.split(":")[1] for x in lines if x.startswith("content-length")))
+            while len(rest) < length:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed mid-answer")
+                rest += chunk
+        except OSError:
+            with lock:
+                counts["lost"] += 1
+            sock.close()
+            sock = None
+            continue
+        status = int(lines[0].split()[1])
+        with lock:
+            counts[status] = counts.get(status, 0) + 1
+            if "connection: close" in lines:
+                counts["closed_by_server"] += 1
+        if "connection: close" in lines:
+            sock.close()
+            sock = None
+    if sock is not None:
+        sock.close()
+
+
+def test_sigterm_under_load_loses_no_request(bc_model, tmp_path):
+    """8 keep-alive connections under load, SIGTERM to `bentoml serve` after 1.5 s: every
+    request written on an open connection gets its whole answer (the drain answers with
+    Connection: close, new connections are refused), and the server exits 0."""
+    import threading
+
+    srv = Server({"SLIPWAY_MODEL": bc_model.tag,
+                  "BENTOML_HOME": str(private_store(tmp_path, bc_model.tag))},
+                 tmp_path / "serve.log")
+    try:
+        srv.wait_for("/readyz")
+        body = json.dumps({"instances": bc_model.instances(1)}).encode()
+        request = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                   f"application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+        counts = {"lost": 0, "refused": 0, "send_failed": 0, "closed_by_server": 0}
+        lock, stop = threading.Lock(), threading.Event()
+        clients = [threading.Thread(target=_keepalive_client,
+                                    args=(srv.port, request, stop, counts, lock))
+                   for _ in range(8)]
+        for c in clients:
+            c.start()
+        time.sleep(1.5)
+        answered_before = counts.get(200, 0)
+        os.kill(srv.proc.pid, signal.SIGTERM)
+        for c in clients:
+            c.join(60)
+        stop.set()
+        assert srv.proc.wait(60) == 0, srv.log_text()[-3000:]
+    finally:
+        stop.set()
+        srv.stop()
+    assert answered_before > 0
+    assert counts["lost"] == 0 and counts["send_failed"] == 0, counts
+    assert set(counts) - {"lost", "refused", "send_failed", "closed_by_server"} == {200}, counts
+    assert counts["closed_by_server"] >= 1, counts  # the drain's answers closed connections
+    assert counts["refused"] == 8, counts  # and every client ended on a refused connect
+
+
+@pytest.fixture(scope="module")
+def capped_server(bc_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("capped")
+    srv = Server({"SLIPWAY_MODEL": bc_model.tag, "SLIPWAY_MAX_BODY_BYTES": str(1 << 20),
+                  "BENTOML_HOME": str(private_store(root, bc_model.tag))}, root / "serve.log")
+    try:
+        srv.wait_for("/readyz")
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("times", [1, 3, 30])
+@pytest.mark.parametrize("client_lib", ["urllib", "requests", "httpx"])
+def test_python_clients_read_the_413(capped_server, client_lib, times):
+    """Python's http.client sends the whole body before reading: the server reads and
+    discards it (up to SLIPWAY_MAX_DRAIN_BYTES) so the 413 arrives instead of a reset."""
+    cap = 1 << 20
+    body = b" " * (cap * times + 1)
+    url = capped_server.url + "/predict"
+    headers = {"Content-Type": "application/json"}
+    if client_lib == "urllib":
+        import urllib.error
+        import urllib.request
+
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers),
+                                   timeout=60)
+        status, answer = info.value.code, json.loads(info.value.read())
+    elif client_lib == "requests":
+        import requests
+
+        r = requests.post(url, data=body, headers=headers, timeout=60)
+        status, answer = r.status_code, r.json()
+    else:
+        r = httpx.post(url, content=body, headers=headers, timeout=60)
+        status, answer = r.status_code, r.json()
+    assert status == 413
+    assert answer["reason"] == "body_too_large" and str(cap) in answer["error"]
+    # The server is fine afterwards.
+    ok = httpx.post(url, json={"instances": [[None] * 30]}, timeout=30)
+    assert ok.status_code == 200
