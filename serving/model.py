@@ -268,6 +268,23 @@ class LoadedModel:
                 "libraries": lineage.get("libraries"),
                 "files": lineage.get("files"),
             },
+            "serving_artifact": self.serving_artifact(),
+        }
+
+    def serving_artifact(self) -> dict[str, Any]:
+        """What answers at serving time, by the files (and hashes) of the lineage: the
+        packaged preprocessing, replayed with NumPy or called as is, and the model."""
+        from components.preprocess import TRANSFORMER_FILE
+
+        files = self.lineage.get("files") or {}
+        return {
+            "preprocessing": {
+                "file": TRANSFORMER_FILE, "sha256": files.get(TRANSFORMER_FILE),
+                "runs_as": "numpy replay (serving/compiled.py)" if self.fast is not None
+                else "the scikit-learn transformer (pandas)",
+            },
+            "model_files": {k: v for k, v in files.items()
+                            if k != TRANSFORMER_FILE and not k.endswith(".json")},
         }
 
 

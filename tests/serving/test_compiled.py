@@ -48,6 +48,10 @@ def test_numpy_preprocessing_is_the_packaged_transformer(request, which):
     prediction = model.predict(rows)
     assert model.labels(prediction.outputs) == labels == trained.expected_labels
     np.testing.assert_allclose(prediction.proba, proba, rtol=0, atol=1e-6)
+    artifact = model.describe()["serving_artifact"]  # GET /metadata names what answers
+    assert artifact["preprocessing"]["runs_as"].startswith("numpy")
+    assert artifact["preprocessing"]["sha256"] == model.lineage["files"]["preprocessor.skops"]
+    assert artifact["model_files"] and all(artifact["model_files"].values())
 
 
 def test_unrecognised_preprocessing_falls_back_to_the_transformer(bc_model):
