@@ -11,7 +11,8 @@ breast_cancer):
   (``build/benchmarks/mlserver-venv``; MLServer pins an older FastAPI than BentoML's), on
   the same fitted preprocessing and estimator (exported for it as a scikit-learn
   ``Pipeline`` in joblib, MLServer's format: only MLServer reads that file), the same
-  ``[N, 30]`` tensor, asking for both ``predict`` and ``predict_proba`` as Slipway answers
+  ``[N, 30]`` tensor, inference in its server process (``parallel_workers: 0``), asking
+  for both ``predict`` and ``predict_proba`` as Slipway answers
   a label and the probabilities;
 * ``stock v1``    - a stock BentoML service as in BentoML's quickstart
   (``benchmarks/serving_baselines.py``).
@@ -91,7 +92,11 @@ def export_for_mlserver(model: Any, folder: Path) -> str:
     (target / "model-settings.json").write_text(json.dumps({
         "name": name, "implementation": "mlserver_sklearn.SKLearnModel",
         "parameters": {"uri": "./model.joblib", "version": "v1"}}))
-    (folder / "settings.json").write_text(json.dumps({"debug": False}))
+    # parallel_workers 0: inference in the server process. MLServer 1.7.1's default pool of
+    # inference worker processes does not start with the uvloop its install resolves to
+    # here (0.23: "no current event loop" in the worker); in-process it also skips a hop.
+    (folder / "settings.json").write_text(json.dumps({"debug": False,
+                                                      "parallel_workers": 0}))
     return name
 
 
