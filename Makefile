@@ -109,7 +109,8 @@ serve: setup ## serve a model with BentoML on 127.0.0.1:3000 (newest; MODEL=<ver
 	@SLIPWAY_MODEL="$(MODEL)" $(VENV)/bin/bentoml serve serving.service:Slipway \
 		--host $(SERVE_HOST) --port $(SERVE_PORT)
 
-bench-serve: setup ## benchmark: the service vs in-process, bare Starlette and stock BentoML
+bench-serve: setup ## benchmark: the service vs MLServer (own venv), stock BentoML, bare Starlette, in-process
+	@$(PY) -m benchmarks.serve_peers $(if $(MODEL),--models $(MODEL))
 	@$(PY) -m benchmarks.serve $(if $(MODEL),--model $(MODEL))
 
 build-bento: setup ## build a Bento of the service offline, its model packed in (MODEL= pins one)
