@@ -114,3 +114,16 @@ bench-serve: setup ## benchmark: the service vs in-process, bare Starlette and s
 build-bento: setup ## build a Bento of the service offline, its model packed in (MODEL= pins one)
 	@tag=$$($(PY) -m serving.model "$(MODEL)") && echo "==> building a Bento serving $$tag" \
 		&& SLIPWAY_MODEL=$$tag $(VENV)/bin/bentoml build -f serving/bentofile.yaml .
+
+# ---- GPU check (issue 12): every CUDA path of Slipway in one run on an NVIDIA GPU ----
+# gpu-wheels runs here (network); gpu-check runs on the GPU machine from the checkout with
+# only Python 3.12 and a CUDA PyTorch installed, offline (README "The GPU check").
+GPU_WHEELS ?= build/gpu-wheels
+
+.PHONY: gpu-wheels gpu-check
+
+gpu-wheels: ## download the GPU check's wheels for Python 3.12 into build/gpu-wheels (< 60 MB)
+	@$(PYTHON) -m benchmarks.gpu_check --download $(GPU_WHEELS)
+
+gpu-check: ## on a GPU machine: gpu tests, ResNet-18 bench, torchrun and digits fits -> build/gpu-check/results.json
+	@$(PYTHON) -m benchmarks.gpu_check --wheels $(GPU_WHEELS)
