@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ def train(
     *,
     merge_val: bool = False,
     tuning: dict[str, Any] | None = None,
+    fit: Callable[..., Trainer] | None = None,
 ) -> dict[str, Any]:
     """Fit and save the model; returns the training record.
 
@@ -86,6 +88,10 @@ def train(
         merge_val: fit on train + validation (the tuning pipeline's final fit, once the
             validation split has chosen the trial); no early stopping then.
         tuning: trial results to keep with the model (shown in the evaluation report).
+        fit: how the final fit runs, ``fit(trainer, x, y, x_val, y_val)`` returning the
+            fitted trainer; None: in this process or, with ``train.distributed``, as
+            torchrun processes on this node. On a cluster, several nodes:
+            :func:`pipelines.trainjob.cluster_fit`.
     """
     train_df, meta = read_table(train_path)
     val_df, _ = read_table(val_path)
@@ -107,7 +113,10 @@ def train(
     started = time.perf_counter()
     # With train.distributed.nproc_per_node > 1: torchrun processes (the CV folds above
     # fit in this process); the trainer returned is rank 0's model.
-    trainer = distributed.fit(trainer, x, y, x_val, y_val, rules.distributed)
+    if fit is None:
+        trainer = distributed.fit(trainer, x, y, x_val, y_val, rules.distributed)
+    else:
+        trainer = fit(trainer, x, y, x_val, y_val)
     fit_seconds = time.perf_counter() - started
     record: dict[str, Any] = {
         **trainer.describe(),

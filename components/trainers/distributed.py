@@ -132,17 +132,7 @@ def launch(trainer: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None,
         f"{backend}, torchrun)")
     with tempfile.TemporaryDirectory(prefix="slipway-ddp-") as scratch:
         work = Path(scratch)
-        arrays = {"x": x, "y": y}
-        if x_val is not None and y_val is not None and len(x_val):
-            arrays.update(x_val=x_val, y_val=y_val)
-        np.savez(work / _ARRAYS, **arrays)
-        (work / _SPEC).write_text(json.dumps({
-            "task": trainer.task, "estimator": trainer.estimator,
-            "hyperparameters": trainer.hyperparameters, "seed": trainer.seed,
-            "image_shape": list(trainer.image_shape) if trainer.image_shape else None,
-            "checkpoint_dir": str(trainer.checkpoint_dir) if trainer.checkpoint_dir else None,
-            "backend": backend,
-        }))
+        stage(work, trainer, x, y, x_val, y_val, backend)
         env = dict(os.environ)
         repo = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
@@ -150,19 +140,49 @@ def launch(trainer: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None,
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    "--nnodes", "1", "--nproc-per-node", str(nproc), "--max-restarts", "0",
-                   "-m", "components.trainers.distributed", str(work)]
+                   *worker_command(work)]
         done = subprocess.run(command, env=env, stdout=sys.stderr, check=False)
         if done.returncode != 0:
-            raise _failure(work, done.returncode, nproc, trainer.checkpoint_dir)
-        fitted = type(trainer).load(work / _MODEL, json.loads(
-            (work / _MODEL / "trainer.json").read_text()), {})
-        fitted.checkpoint_dir = trainer.checkpoint_dir
-        fitted.history = json.loads((work / _HISTORY).read_text())
-        return fitted
+            raise failure(work, f"torchrun exited with status {done.returncode}", nproc,
+                          trainer.checkpoint_dir)
+        return collect(work, trainer)
 
 
-def _failure(work: Path, status: int, nproc: int, checkpoint_dir: Path | None) -> SlipwayError:
-    """The error for a failed distributed fit: a rank's own error, or which one died."""
+def worker_command(work: Path | str) -> list[str]:
+    """What torchrun runs in each process (after its own options): this module's worker."""
+    return ["-m", "components.trainers.distributed", str(work)]
+
+
+def stage(work: Path, trainer: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None,
+          y_val: np.ndarray | None, backend: str) -> None:
+    """Write what every process needs into ``work`` (a folder all of them can read): the
+    arrays (one .npz, no pickles) and the trainer's settings (JSON)."""
+    work.mkdir(parents=True, exist_ok=True)
+    arrays = {"x": x, "y": y}
+    if x_val is not None and y_val is not None and len(x_val):
+        arrays.update(x_val=x_val, y_val=y_val)
+    np.savez(work / _ARRAYS, **arrays)
+    (work / _SPEC).write_text(json.dumps({
+        "task": trainer.task, "estimator": trainer.estimator,
+        "hyperparameters": trainer.hyperparameters, "seed": trainer.seed,
+        "image_shape": list(trainer.image_shape) if trainer.image_shape else None,
+        "checkpoint_dir": str(trainer.checkpoint_dir) if trainer.checkpoint_dir else None,
+        "backend": backend,
+    }))
+
+
+def collect(work: Path, trainer: Any) -> Any:
+    """The trainer rank 0 saved in ``work``, reloaded (on CPU), with its history."""
+    meta = json.loads((work / _MODEL / "trainer.json").read_text())
+    fitted = type(trainer).load(work / _MODEL, meta, {})
+    fitted.checkpoint_dir = trainer.checkpoint_dir
+    fitted.history = json.loads((work / _HISTORY).read_text())
+    return fitted
+
+
+def failure(work: Path, how: str, nproc: int, checkpoint_dir: Path | None) -> SlipwayError:
+    """The error for a failed distributed fit of ``nproc`` processes in all: a rank's own
+    error when it wrote one, else that a process died, and from where a rerun resumes."""
     for rank in range(nproc):
         path = work / _ERROR.format(rank=rank)
         if path.is_file():
@@ -177,9 +197,9 @@ def _failure(work: Path, status: int, nproc: int, checkpoint_dir: Path | None) -
         resume = (f"rerun the train task: it resumes from {ckpt} after epoch {epoch}"
                   if epoch else "rerun the train task (no epoch had finished: it starts afresh)")
     return SlipwayError(
-        f"the distributed fit failed: torchrun exited with status {status}: one of its "
-        f"{nproc} processes was killed or crashed (torchrun's report above names the rank "
-        "and its exit code or signal), and torchrun stopped the others",
+        f"the distributed fit failed: {how}: one of its {nproc} processes was killed or "
+        "crashed (torchrun's report names the rank and its exit code or signal), and "
+        "torchrun stopped the others",
         resume + "; if a process ran out of memory, lower "
         "train.distributed.nproc_per_node or the batch size",
     )
