@@ -115,8 +115,12 @@ def fit(trainer: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None,
 
 
 def launch(trainer: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None,
-           y_val: np.ndarray | None, nproc: int, backend: str = "auto") -> Any:
+           y_val: np.ndarray | None, nproc: int, backend: str = "auto",
+           quiet: bool = False) -> Any:
     """Run the fit as ``nproc`` torchrun processes on this node; returns the fitted trainer.
+
+    The processes' output goes to this process's stderr (file descriptor 2, whatever
+    ``sys.stderr`` is now), or nowhere with ``quiet`` (benchmarks).
 
     Raises:
         SlipwayError: a process failed (its own error when it raised one; otherwise which
@@ -141,9 +145,19 @@ def launch(trainer: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None,
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    "--nnodes", "1", "--nproc-per-node", str(nproc), "--max-restarts", "0",
                    *worker_command(work)]
-        done = subprocess.run(command, env=env, stdout=sys.stderr, check=False)
-        if done.returncode != 0:
-            raise failure(work, f"torchrun exited with status {done.returncode}", nproc,
+        out = subprocess.DEVNULL if quiet else 2
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=out)
+        try:
+            status = proc.wait()
+        except BaseException:  # interrupted: SIGTERM, on which torchrun ends its workers
+            proc.terminate()   # (SIGKILL would leave them running: they have own sessions)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+        if status != 0:
+            raise failure(work, f"torchrun exited with status {status}", nproc,
                           trainer.checkpoint_dir)
         return collect(work, trainer)
 

@@ -264,15 +264,20 @@ def test_worker_files_are_plain_arrays_and_json(tmp_path, monkeypatch):
     """What the launcher hands the processes: no pickles (np.load with allow_pickle=False)."""
     seen = {}
 
-    def fake_run(command, **kwargs):
-        work = Path(command[-1])
-        with np.load(work / "arrays.npz", allow_pickle=False) as data:
-            seen["arrays"] = sorted(data.files)
-        seen["spec"] = json.loads((work / "trainer.json").read_text())
-        seen["command"] = command
-        return subprocess.CompletedProcess(command, 1)
+    class FailedTorchrun:
+        """Reads what it was given and exits with status 1, without starting anything."""
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
+        def __init__(self, command, **kwargs):
+            work = Path(command[-1])
+            with np.load(work / "arrays.npz", allow_pickle=False) as data:
+                seen["arrays"] = sorted(data.files)
+            seen["spec"] = json.loads((work / "trainer.json").read_text())
+            seen["command"] = command
+
+        def wait(self, timeout=None):
+            return 1
+
+    monkeypatch.setattr(subprocess, "Popen", FailedTorchrun)
     x, y, _, _ = _digits(40)
     trainer = TorchTrainer("classification", "mlp", {"epochs": 1}, 0)
     with pytest.raises(SlipwayError, match="set train.checkpoint_dir so that a rerun resumes"):

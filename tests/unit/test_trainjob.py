@@ -13,9 +13,11 @@ and train through components.trainers.distributed, as on the cluster.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -245,7 +247,9 @@ class LocalNodesApi:
                    "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port)}
             if rank == self.fail_node:  # a node whose program cannot start
                 command = [*command[:-3], "-m", "no.such.module"]
-            self.procs.append(subprocess.Popen(command, env=env, cwd=REPO))
+            # A session of its own: deleting the job ends the node's workers with it.
+            self.procs.append(subprocess.Popen(command, env=env, cwd=REPO,
+                                               start_new_session=True))
         return body
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
@@ -266,10 +270,14 @@ class LocalNodesApi:
 
     def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
         self.deleted = True
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        for p in self.procs:  # torchrun ends its workers (own sessions) on SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
 
 
 def _digits():
