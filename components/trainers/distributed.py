@@ -132,8 +132,8 @@ def launch(trainer: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None,
 
     cuda = torch.cuda.is_available()
     backend = backend_for(backend, cuda)
-    say(f"torch: distributed fit: world size {nproc} ({nproc} processes on this node, "
-        f"{backend}, torchrun)")
+    say(f"torch: distributed fit: world size {nproc} ({nproc} process{'es' * (nproc > 1)} "
+        f"on this node, {backend}, torchrun)")
     with tempfile.TemporaryDirectory(prefix="slipway-ddp-") as scratch:
         work = Path(scratch)
         stage(work, trainer, x, y, x_val, y_val, backend)

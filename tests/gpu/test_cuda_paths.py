@@ -70,7 +70,7 @@ def test_one_gpu_torchrun_fit_with_nccl(tmp_path, digits, capfd):
     trainer = TorchTrainer("classification", "cnn", SMALL_CNN, 0, image_shape=(1, 8, 8),
                            checkpoint_dir=tmp_path / "ckpt")
     fitted = distributed.launch(trainer, x, y, xv, yv, 1)
-    assert "world size 1 (1 processes on this node, nccl, torchrun)" in capfd.readouterr().err
+    assert "world size 1 (1 process on this node, nccl, torchrun)" in capfd.readouterr().err
     assert "cuda" in fitted.device
     assert (fitted.predict(xt) == yt).mean() >= 0.9
 
