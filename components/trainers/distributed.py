@@ -102,6 +102,9 @@ def fit(trainer: Any, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None,
         trainer.fit(x, y, x_val, y_val)
         return trainer
     if trainer.framework != "torch":
+        if distributed.nproc_per_node == "auto" and distributed.nnodes == 1:
+            trainer.fit(x, y, x_val, y_val)  # auto: as many as it can use, here one
+            return trainer
         raise SlipwayError(
             f"train.distributed asks for {distributed.nproc_per_node} processes, but the "
             f"{trainer.framework} backend trains in one process",

@@ -104,6 +104,14 @@ def test_sklearn_cannot_be_distributed():
         distributed.fit(trainer, x, y, None, None, DistributedParams(nproc_per_node=2))
 
 
+def test_auto_fits_other_frameworks_in_this_process():
+    trainer = get_trainer("sklearn", "classification", "knn", {}, 0)
+    x, y, _, _ = _digits(50)
+    assert distributed.fit(trainer, x, y, None, None,
+                           DistributedParams(nproc_per_node="auto")) is trainer
+    assert len(trainer.predict(x)) == 50
+
+
 def test_one_process_fits_in_this_process():
     trainer = TorchTrainer("classification", "cnn", {**SAME_HP, "epochs": 1}, 0,
                            image_shape=(1, 8, 8))
