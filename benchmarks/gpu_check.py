@@ -50,6 +50,7 @@ TARGET_PYTHON = "3.12"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
              "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 MAX_MB = 60
+GPU_TESTS_TIMEOUT_S = 240
 STEPS = ("gpu_tests", "resnet18", "torchrun_fit", "digits_cnn", "keras_mixed_precision")
 
 
@@ -147,9 +148,11 @@ def _digits_fit(wheels: Path, nproc: int | None) -> dict[str, Any]:
 
 def _gpu_tests(out_dir: Path, wheels: Path) -> dict[str, Any]:
     report = out_dir / "gpu-tests.xml"
+    # Bounded: the whole check is meant to finish in under 8 minutes.
     done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider",
                            "tests/gpu", f"--junitxml={report}", "-q"], cwd=REPO, check=False,
-                          env={**os.environ, "SLIPWAY_GPU_WHEELS": str(wheels)})
+                          env={**os.environ, "SLIPWAY_GPU_WHEELS": str(wheels)},
+                          timeout=GPU_TESTS_TIMEOUT_S)
     import xml.etree.ElementTree as ET
 
     counts = {}

@@ -293,3 +293,19 @@ def test_worker_files_are_plain_arrays_and_json(tmp_path, monkeypatch):
     assert seen["arrays"] == ["x", "y"]
     assert seen["spec"]["backend"] == "gloo" and seen["spec"]["checkpoint_dir"] is None
     assert seen["command"][2:4] == ["torch.distributed.run", "--standalone"]
+
+
+@pytest.mark.slow
+def test_a_tuning_trial_fits_with_torchrun_too(built_classification, capfd):
+    """score_trial (one trial of the tuning pipeline) takes train.distributed as the train
+    core does: its fit on the whole training split runs as 2 processes."""
+    from components.tune import score_trial
+
+    train_path, val_path, _ = built_classification.processed
+    base = TrainParams(framework="torch", estimator="mlp", cv_folds=2, seed=0,
+                       distributed={"nproc_per_node": 2})
+    trial = {"trial": 0, "framework": "torch", "estimator": "mlp",
+             "hyperparameters": {"hidden": [8], "epochs": 2, "batch_size": 8}}
+    scored = score_trial(train_path, val_path, base, trial)
+    assert "torch: distributed fit: world size 2" in capfd.readouterr().err
+    assert 0 <= scored["val_score"] <= 1 and scored["hyperparameters"]["epochs"] == 2
