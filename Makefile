@@ -190,3 +190,16 @@ dashboards: setup ## generate the Grafana dashboards (charts/slipway-monitoring/
 
 dashboards-preview: setup deploy-tools ## render every dashboard panel to PNG (docs/dashboards/) from a real Prometheus under load
 	@$(PY) -m charts.dashboards.preview --out docs/dashboards
+
+# ---- GPU check (issue 12): every CUDA path of Slipway in one run on an NVIDIA GPU ----
+# gpu-wheels runs here (network); gpu-check runs on the GPU machine from the checkout with
+# only Python 3.12 and a CUDA PyTorch installed, offline (README "The GPU check").
+GPU_WHEELS ?= build/gpu-wheels
+
+.PHONY: gpu-wheels gpu-check
+
+gpu-wheels: ## download the GPU check's wheels for Python 3.12 into build/gpu-wheels (< 60 MB)
+	@$(PYTHON) -m benchmarks.gpu_check --download $(GPU_WHEELS)
+
+gpu-check: ## on a GPU machine: gpu tests, ResNet-18 bench, torchrun and digits fits -> build/gpu-check/results.json
+	@$(PYTHON) -m benchmarks.gpu_check --wheels $(GPU_WHEELS)

@@ -117,6 +117,37 @@ class PreprocessParams(_Strict):
     scale: Literal["standard", "minmax", "none"] = "standard"
 
 
+class DistributedParams(_Strict):
+    """Data-parallel training of the torch backend (components/trainers/distributed.py).
+
+    One node: ``nproc_per_node`` > 1 makes the train core launch its fit with torchrun, one
+    process per GPU (NCCL) or per CPU share (gloo). Several nodes (``nnodes`` > 1) run on a
+    cluster only, as a Kubeflow Trainer ``TrainJob`` (pipelines/trainjob.py).
+    """
+
+    nproc_per_node: int | Literal["auto"] = 1  # "auto": one per visible GPU (1 on CPU)
+    nnodes: int = Field(1, ge=1)  # > 1: a TrainJob of this many nodes (cluster only)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPUs, gloo on CPU
+    runtime: str = "torch-distributed"  # the TrainJob's ClusterTrainingRuntime (nnodes > 1)
+
+    @field_validator("nproc_per_node", mode="before")
+    @classmethod
+    def _whole(cls, value: Any) -> Any:
+        # kfp parameters pass through protobuf, where every number is a double (2 -> 2.0).
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int)
+                                or value < 1):
+            raise ValueError(f"nproc_per_node must be a whole number >= 1 or \"auto\", "
+                             f"got {value!r}")
+        return value
+
+    @field_validator("nnodes", mode="before")
+    @classmethod
+    def _whole_nodes(cls, value: Any) -> Any:
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 class TrainParams(_Strict):
     framework: Literal["sklearn", "torch", "keras"] = "sklearn"
     estimator: str = "random_forest"
@@ -126,6 +157,7 @@ class TrainParams(_Strict):
     # Per-epoch checkpoints of epoch-based backends (torch, keras), so a killed fit resumes;
     # "" (or null) for none.
     checkpoint_dir: str = "build/checkpoints"
+    distributed: DistributedParams = Field(default_factory=DistributedParams)
 
     @field_validator("checkpoint_dir", mode="before")
     @classmethod
