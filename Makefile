@@ -22,6 +22,8 @@ SET ?=
 PIPELINE ?= training
 # make run CACHE=1: reuse unchanged tasks' outputs from earlier local runs (kfp.local cache)
 CACHE ?=
+# make run RUNNER=containers: every task in its image (podman; `make images` first)
+RUNNER ?=
 PYTEST_ARGS ?=
 
 .PHONY: help setup run tune seeds compile repro push pull test test-fast lint bench-pipeline bench-train lock clean
@@ -41,7 +43,7 @@ setup: $(STAMP) ## create the environment, set the DVC remote and fetch the data
 	@$(PY) -m pipelines.workspace --remote "$(DVC_REMOTE)"
 
 run: setup ## run the training pipeline locally with kfp.local (SET="key=value ..." overrides)
-	@$(PY) -m pipelines run $(PIPELINE) $(if $(CACHE),--cache) $(foreach s,$(SET),--set $(s))
+	@$(PY) -m pipelines run $(PIPELINE) $(if $(CACHE),--cache) $(if $(RUNNER),--runner $(RUNNER)) $(foreach s,$(SET),--set $(s))
 
 tune: setup ## run the tuning pipeline locally: trials in parallel, best retrained, gated, packaged
 	@$(PY) -m pipelines run tuning $(if $(CACHE),--cache) $(foreach s,$(SET),--set $(s))
@@ -114,3 +116,14 @@ bench-serve: setup ## benchmark: the service vs in-process, bare Starlette and s
 build-bento: setup ## build a Bento of the service offline, its model packed in (MODEL= pins one)
 	@tag=$$($(PY) -m serving.model "$(MODEL)") && echo "==> building a Bento serving $$tag" \
 		&& SLIPWAY_MODEL=$$tag $(VENV)/bin/bentoml build -f serving/bentofile.yaml .
+
+# ---- images: the component and serving images, built offline with podman (pipelines/images.py) ----
+# ROLES picks some of: stages torch keras serving. TORCH_CUDA=cu128 builds the CUDA torch image
+# (network needed; not built in CI).
+ROLES ?=
+TORCH_CUDA ?=
+
+.PHONY: images
+
+images: setup ## build the stage, trainer and serving images with podman (build/images.json)
+	@$(PY) -m pipelines.images build $(if $(ROLES),--roles $(ROLES)) $(if $(TORCH_CUDA),--torch-cuda $(TORCH_CUDA))

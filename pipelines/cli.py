@@ -155,16 +155,22 @@ def _print_local_notes(params: Params, task_keys) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipelines import local
 
+    if args.runner == "containers":
+        # Every task in the stages image until the stage graph sets each task's by role.
+        from pipelines.images import image_ref
+
+        args.set = [*args.set, f"kfp.image={image_ref('stages')}"]
     params = load_params(args.params, args.set)
     pipeline = build_pipeline(args.pipeline, params)
     _preflight(params, args.pipeline)
     repo = str(Path.cwd())
     spec = params.dataset_spec
-    print(f"Running pipeline {args.pipeline!r} locally (kfp.local SubprocessRunner): dataset "
+    kind = "DockerRunner on podman" if args.runner == "containers" else "SubprocessRunner"
+    print(f"Running pipeline {args.pipeline!r} locally (kfp.local {kind}): dataset "
           f"{params.dataset!r} ({spec.task}), {params.train.framework}/{params.train.estimator}")
     _print_local_notes(params, importlib.import_module(PIPELINES[args.pipeline]).TITLES)
     result = local.run(pipeline, params, {"data_root": repo, "code_dir": repo},
-                       cache=args.cache)
+                       cache=args.cache, runner=args.runner)
     _print_summary(result)
     if args.cache:
         print(f"  kfp.local cache: {len(result.summary['executed'])} task(s) executed, "
@@ -201,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--cache", action="store_true",
                        help="reuse outputs of unchanged tasks from earlier local runs (kfp.local "
                             "cache; it does not see changes to stage code or data file bytes)")
+    p_run.add_argument("--runner", choices=("subprocess", "containers"), default="subprocess",
+                       help="subprocess: tasks in this environment; containers: each task in "
+                            "its image (podman; `make images` first)")
     p_run.set_defaults(func=cmd_run)
     p_compile = sub.add_parser("compile", parents=[common], help="compile pipelines to IR YAML")
     p_compile.add_argument("pipelines", nargs="*", help="names (default: all)")

@@ -185,8 +185,10 @@ def read_summary(run_dir: Path, reused: dict[str, Path] | None = None) -> dict[s
 
 
 def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
-        terminal: TextIO = sys.stdout, cache: bool = False) -> RunResult:
-    """Run a built pipeline with kfp.local's SubprocessRunner.
+        terminal: TextIO = sys.stdout, cache: bool = False,
+        runner: str = "subprocess") -> RunResult:
+    """Run a built pipeline with kfp.local: ``runner`` "subprocess" (SubprocessRunner, this
+    environment) or "containers" (DockerRunner on podman, :mod:`pipelines.containers`).
 
     Args:
         pipeline_func: the ``@dsl.pipeline`` function.
@@ -197,12 +199,27 @@ def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
             default: kfp.local's cache key covers a task's parameters and input artifacts,
             not the code of the stage cores nor the bytes of a data file behind a path.
     """
+    if runner == "containers":
+        from pipelines.containers import docker_runner
+
+        with docker_runner() as task_runner:
+            return _run(pipeline_func, params, arguments, terminal, cache, task_runner)
+    if runner != "subprocess":
+        raise ValueError(f"unknown runner {runner!r}: subprocess or containers")
+    from kfp import local
+
+    return _run(pipeline_func, params, arguments, terminal, cache,
+                local.SubprocessRunner(use_venv=False))
+
+
+def _run(pipeline_func: Any, params: Params, arguments: dict[str, Any], terminal: TextIO,
+         cache: bool, task_runner: Any) -> RunResult:
     from kfp import local
 
     root = Path(params.kfp.pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     cache_root = root / ".kfp_cache"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+    local.init(runner=task_runner, pipeline_root=str(root),
                raise_on_error=True, enable_caching=cache, cache_root=str(cache_root))
     before = {p.name for p in root.iterdir()}
     log_path = root / f"{pipeline_func.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"

@@ -1,0 +1,135 @@
+"""``make run RUNNER=containers``: the training pipeline with every task in its image.
+
+Real podman, real kfp.local DockerRunner through podman's Docker-compatible socket
+(pipelines.containers), the stages image built from this work tree. Covered: the
+classification pipeline (breast_cancer, scikit-learn) gives the same summary and the same
+model version id in containers as with the subprocess runner; a stage that raises and a
+stage that is killed (SIGKILL) fail the run, with the error printed: kfp 2.17.0's own
+DockerRunner can report such a task as a success (kubeflow/pipelines#13332).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from kfp import dsl
+
+from components.config import load_params
+from pipelines import containers, images, local
+
+pytestmark = [pytest.mark.containers, pytest.mark.slow]
+
+RULE = "=" * 72
+_SUMMARY_LINE = re.compile(r"^  (\S.*?)\s{2,}(\S.*)$")
+# Lines of the summary that name this run's folders or times, not its results.
+PER_RUN = ("report", "run folder", "log", "took", "time", "model version path")
+
+
+def summary(output: str) -> dict[str, str]:
+    _, rule, tail = output.partition(RULE)
+    assert rule, f"no run summary in the output:\n{output[-3000:]}"
+    return {m.group(1): m.group(2) for line in tail.splitlines()
+            if (m := _SUMMARY_LINE.match(line))}
+
+
+def run_cli(workdir: Path, store: Path, *args: str, expect: int = 0) -> str:
+    env = {**os.environ, "BENTOML_HOME": str(store), "PYTHONUNBUFFERED": "1"}
+    env.pop("SLIPWAY_GIT_COMMIT", None)
+    proc = subprocess.run([sys.executable, "-m", "pipelines", "run", "training", *args],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=1200)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == expect, \
+        f"exit {proc.returncode}, expected {expect}:\n{output[-4000:]}"
+    return output
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("containers-run")
+    (root / "params.yaml").write_text((images.ROOT / "params.yaml").read_text())
+    return root
+
+
+def test_training_in_containers_matches_the_subprocess_runner(stages_image, workdir: Path):
+    name = f"t-{uuid.uuid4().hex[:8]}-{{dataset}}-{{task}}"
+    common = ["--set", "dataset=breast_cancer", "--set", "train.framework=sklearn",
+              "--set", f"package.model_name={name}"]
+    plain = run_cli(workdir, workdir / "store-subprocess", *common,
+                    "--set", f"kfp.pipeline_root={workdir / 'kfp-subprocess'}")
+    boxed = run_cli(workdir, workdir / "store-containers", *common, "--runner", "containers",
+                    "--set", f"kfp.pipeline_root={workdir / 'kfp-containers'}")
+    assert "DockerRunner on podman" in boxed
+    ours, theirs = summary(boxed), summary(plain)
+    version = next(k for k in theirs if k.startswith("model version"))
+    assert ours[version] == theirs[version], "a different model version id in containers"
+    assert {k: v for k, v in ours.items() if not k.startswith(PER_RUN)} == \
+        {k: v for k, v in theirs.items() if not k.startswith(PER_RUN)}
+    # the containers run registered its version in the store it was given (mounted)
+    assert any((workdir / "store-containers" / "models").rglob("model.yaml"))
+
+
+def test_a_stage_that_raises_fails_the_cli_with_exit_1(stages_image, workdir: Path):
+    out = run_cli(workdir, workdir / "store-fail", "--runner", "containers",
+                  "--set", "dataset=breast_cancer", "--set", "train.framework=sklearn",
+                  "--set", "validate.min_rows=100000",
+                  "--set", f"kfp.pipeline_root={workdir / 'kfp-fail'}", expect=1)
+    assert "min_rows" in out
+    assert re.search(r"✗ validate-op failure", out), out[-3000:]
+
+
+def _run_failing(component, workdir: Path, label: str) -> tuple[local.RunResult, str]:
+    @dsl.pipeline(name=f"fails-{label}")
+    def failing():
+        component().set_container_image(images.image_ref("stages"))
+
+    params = load_params(str(images.ROOT / "params.yaml"),
+                         [f"kfp.pipeline_root={workdir / ('kfp-' + label)}"])
+    terminal = io.StringIO()
+    result = local.run(failing, params, {}, terminal=terminal, runner="containers")
+    return result, terminal.getvalue() + result.log.read_text()
+
+
+@dsl.component(base_image="unused", install_kfp_package=False)
+def raises_op(out: dsl.Output[dsl.Artifact]):
+    raise ValueError("this stage raises on purpose")
+
+
+@dsl.component(base_image="unused", install_kfp_package=False)
+def killed_op(out: dsl.Output[dsl.Artifact]):
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("component, label, printed", [
+    (raises_op, "raises", "ValueError: this stage raises on purpose"),
+    (killed_op, "killed", "exited with status 137 (killed by SIGKILL)"),
+])
+def test_a_failed_container_is_never_a_success(stages_image, workdir, component, label, printed):
+    result, output = _run_failing(component, workdir, label)
+    assert not result.ok, f"a failed task was reported as a success:\n{output[-3000:]}"
+    assert result.failed_tasks == [component.name.replace("_", "-")]
+    assert printed in output
+    assert not (result.run_dir / component.name.replace("_", "-") / "executor_output.json"
+                ).exists()
+
+
+def test_no_container_is_left_behind(stages_image):
+    with containers.podman_service() as url:
+        import docker
+
+        client = docker.DockerClient(base_url=url)
+        try:
+            left = [c.name for c in client.containers.list(all=True)
+                    if c.image.id and any("slipway-stages" in t for t in c.image.tags)]
+        finally:
+            client.close()
+    assert left == []
