@@ -13,8 +13,9 @@ the container runs without auto-remove, its status is ``wait()``'s ``StatusCode`
 killed by a signal or the OOM killer says so), and it is removed afterwards.
 
 Tasks run as the image's non-root user (``slipway``, uid 1000) with the invoking user's
-group added; the folders they write on this machine (the pipeline root, the BentoML model
-store) are made writable for that group. Used by ``python -m pipelines run training
+group added; the folders they write on this machine (the pipeline root, mounted at the same
+path, and the BentoML model store, mounted at /var/lib/slipway/bentoml) are made writable
+for that group. Used by ``python -m pipelines run training
 --runner containers`` (``make run RUNNER=containers``); the images come from
 ``make images`` (:mod:`pipelines.images`).
 """
@@ -36,6 +37,7 @@ from pipelines import images
 
 INSTALL = "apt-get install podman runc uidmap slirp4netns"
 ALTERNATIVE = "or use the subprocess runner (make run)"
+STORE_MOUNT = "/var/lib/slipway/bentoml"  # the BentoML store, inside the containers
 
 
 def _bentoml_home() -> Path:
@@ -206,8 +208,10 @@ def docker_runner(roles: tuple[str, ...] = ("stages",), root: Path = images.ROOT
     store = _bentoml_home()
     store.mkdir(parents=True, exist_ok=True)
     _share_with_group(store, gid, recursive=True)
-    extra = {str(store): {"bind": str(store), "mode": "rw"}}
-    env = {"BENTOML_HOME": str(store), **container_run_args.pop("environment", {})}
+    # At a fixed path: the host's may lie under a folder the image's user cannot enter
+    # (/root/bentoml, and the image's /root is root's own).
+    extra = {str(store): {"bind": STORE_MOUNT, "mode": "rw"}}
+    env = {"BENTOML_HOME": STORE_MOUNT, **container_run_args.pop("environment", {})}
     handler = _make_handler_class(extra, gid)
     with podman_service(root) as url:
         saved_host = os.environ.get("DOCKER_HOST")
