@@ -103,9 +103,11 @@ def _code_files(root: Path, role: Role) -> list[Path]:
 
 
 def code_hash(role: str, root: Path = ROOT) -> str:
-    """sha256 over the names and bytes of the files a role's image is built from."""
+    """sha256 over the names and bytes of the files a role's image is built from (its
+    Containerfile, requirement files, requirements.lock and code)."""
+    spec = _check_role(role)
     digest = hashlib.sha256()
-    for rel in _code_files(root, _check_role(role)):
+    for rel in [Path(spec.containerfile), *_code_files(root, spec)]:
         digest.update(f"{rel}\0".encode())
         digest.update((root / rel).read_bytes())
     return digest.hexdigest()
@@ -280,8 +282,14 @@ def wheelhouse(roles: list[str], root: Path = ROOT, log: Path | None = None) -> 
     return house
 
 
-def _context(role: str, root: Path) -> Path:
-    """A build context holding only what the Containerfile copies (never .venv or data)."""
+def _context(role: str, root: Path, torch_cuda: str = "") -> Path:
+    """A build context holding only what the Containerfile copies (never .venv or data),
+    and the Containerfile itself with the commit appended as literal lines.
+
+    Values that must change the image are files or literal instructions here, never
+    ``--build-arg`` values: podman 4.3's layer cache does not look at those, so a new commit
+    (or a CUDA build after a CPU one) would get the layers built for the old value.
+    """
     spec = ROLES[role]
     ctx = root / BUILD_DIR / "context" / role
     shutil.rmtree(ctx, ignore_errors=True)
@@ -291,6 +299,12 @@ def _context(role: str, root: Path) -> Path:
         dest = ctx / (rel.name if rel in map(Path, spec.requirements) else rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / rel, dest)
+    (ctx / "torch-variant").write_text(f"{torch_cuda or 'cpu'}\n")
+    commit = git_commit(root, short=False)
+    (ctx / "Containerfile").write_text(
+        (root / spec.containerfile).read_text()
+        + f"ENV SLIPWAY_GIT_COMMIT={commit}\n"
+        + f"LABEL org.opencontainers.image.revision={commit}\n")
     return ctx
 
 
@@ -301,14 +315,14 @@ def build_role(role: str, base: str, wheels: Path, root: Path = ROOT,
     log = log or root / BUILD_DIR / f"{role}.log"
     commit = git_commit(root)
     tag = f"{NAME.format(role=role)}:{commit}"
-    cmd = ["podman", "build", "--layers", "-f", str(root / spec.containerfile), "-t", tag,
-           "--build-arg", f"BASE={base}", "--build-arg", f"GIT_COMMIT={git_commit(root, False)}",
-           "--volume", f"{wheels}:/wheels:ro"]
+    ctx = _context(role, root, torch_cuda)
+    # BASE and EXTRA are safe as build arguments: the base's tag is its recipe's hash, and
+    # EXTRA names the file that the next COPY reads.
+    cmd = ["podman", "build", "--layers", "-f", str(ctx / "Containerfile"), "-t", tag,
+           "--build-arg", f"BASE={base}", "--volume", f"{wheels}:/wheels:ro"]
     if spec.extra:
         cmd += ["--build-arg", f"EXTRA={spec.extra}"]
-    if torch_cuda:
-        cmd += ["--build-arg", f"TORCH_CUDA={torch_cuda}"]
-    cmd.append(str(_context(role, root)))
+    cmd.append(str(ctx))
     started = time.perf_counter()
     _run(cmd, f"podman build of the {role} image", log)
     seconds = time.perf_counter() - started

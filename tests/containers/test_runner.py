@@ -8,8 +8,7 @@ stage that is killed (SIGKILL) fail the run, with the error printed: kfp 2.17.0'
 DockerRunner can report such a task as a success (kubeflow/pipelines#13332).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: kfp reads the components' annotations as objects.
 import io
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from kfp import dsl
+from kfp.dsl import Artifact, Output
 
 from components.config import load_params
 from pipelines import containers, images, local
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.containers, pytest.mark.slow]
 RULE = "=" * 72
 _SUMMARY_LINE = re.compile(r"^  (\S.*?)\s{2,}(\S.*)$")
 # Lines of the summary that name this run's folders or times, not its results.
-PER_RUN = ("report", "run folder", "log", "took", "time", "model version path")
+PER_RUN = ("report", "full log", "files")
 
 
 def summary(output: str) -> dict[str, str]:
@@ -97,12 +97,12 @@ def _run_failing(component, workdir: Path, label: str) -> tuple[local.RunResult,
 
 
 @dsl.component(base_image="unused", install_kfp_package=False)
-def raises_op(out: dsl.Output[dsl.Artifact]):
+def raises_op(out: Output[Artifact]):
     raise ValueError("this stage raises on purpose")
 
 
 @dsl.component(base_image="unused", install_kfp_package=False)
-def killed_op(out: dsl.Output[dsl.Artifact]):
+def killed_op(out: Output[Artifact]):
     import os
     import signal
 
