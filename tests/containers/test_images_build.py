@@ -97,3 +97,25 @@ def test_a_code_change_rebuilds_only_the_code_layer(stages_image, tmp_path: Path
     finally:
         subprocess.run(["podman", "rmi", edited["tag"]], capture_output=True,
                        env=images.podman_env())
+
+
+ROLE_PROBES = {
+    "torch": "import torch, sklearn, kfp; from components.trainers import get_trainer; "
+             "print(torch.__version__, torch.cuda.is_available())",
+    "keras": "import keras, tensorflow, sklearn, kfp; print(keras.__version__)",
+    "serving": "import bentoml, serving.service; print(bentoml.__version__)",
+}
+
+
+@pytest.mark.parametrize("role", sorted(ROLE_PROBES))
+def test_the_other_roles_images_import_their_code(role):
+    """The torch, keras and serving images, where `make images` built them (CI builds only
+    the stages image: these skip there)."""
+    entry = images.built().get(role)
+    if not entry or entry["digest"] not in images.podman_digests():
+        pytest.skip(f"the {role} image is not built (make images ROLES={role})")
+    out = podman("run", "--rm", entry["ref"], "python3", "-c", ROLE_PROBES[role])
+    if role == "torch":
+        assert out.split() == ["2.13.0+cpu", "False"], out
+    assert out.strip()
+    assert podman("run", "--rm", entry["ref"], "id", "-u").strip() == "1000"
