@@ -5,15 +5,18 @@ Real podman, real kfp.local DockerRunner through podman's Docker-compatible sock
 classification pipeline (breast_cancer, scikit-learn) gives the same summary and the same
 model version id in containers as with the subprocess runner; a stage that raises and a
 stage that is killed (SIGKILL) fail the run, with the error printed: kfp 2.17.0's own
-DockerRunner can report such a task as a success (kubeflow/pipelines#13332).
+DockerRunner can report such a task as a success (kubeflow/pipelines#13332); Ctrl-C stops
+the run, its container and podman's service.
 """
 
 # No `from __future__ import annotations`: kfp reads the components' annotations as objects.
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -133,3 +136,43 @@ def test_no_container_is_left_behind(stages_image):
         finally:
             client.close()
     assert left == []
+
+
+def _service_processes(sock: Path) -> list[int]:
+    """Ids of processes whose command line names podman's socket of this work tree."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "system\0service" in cmdline and str(sock) in cmdline:
+                found.append(int(proc.name))
+    return found
+
+
+def test_ctrl_c_stops_the_run_its_container_and_podmans_service(stages_image, workdir):
+    sock = images.ROOT / "build" / "podman" / "podman.sock"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BENTOML_HOME": str(workdir / "store-int")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "run", "training", "--runner", "containers",
+         "--set", f"kfp.pipeline_root={workdir / 'kfp-int'}"],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # as a terminal's Ctrl-C finds it: SIGINT not ignored (a background job's would be)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "▸ validate-op" in line:  # the second task's container is starting
+            break
+    assert _service_processes(sock), "podman's service was not running during the run"
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, "".join(seen) + rest
+    assert _service_processes(sock) == []
+    assert not sock.exists()
+    left = subprocess.run(["podman", "ps", "-a", "--format", "{{.Image}}"], check=True,
+                          capture_output=True, text=True, env=images.podman_env()).stdout
+    assert "slipway-stages" not in left, left
