@@ -209,7 +209,7 @@ def docker_runner(roles: tuple[str, ...] = ("stages",), root: Path = images.ROOT
     store.mkdir(parents=True, exist_ok=True)
     _share_with_group(store, gid, recursive=True)
     # At a fixed path: the host's may lie under a folder the image's user cannot enter
-    # (/root/bentoml, and the image's /root is root's own).
+    # (root's ~/bentoml: the image has its own home for root, closed to others).
     extra = {str(store): {"bind": STORE_MOUNT, "mode": "rw"}}
     env = {"BENTOML_HOME": STORE_MOUNT, **container_run_args.pop("environment", {})}
     handler = _make_handler_class(extra, gid)
