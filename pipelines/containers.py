@@ -114,8 +114,11 @@ def _make_handler_class(extra_volumes: dict[str, dict], gid: int):
                 if code:
                     container.reload()
                     state = container.attrs.get("State", {})
+                    name = _signal_name(code)
+                    # podman 4.3 on cgroups v1 does not set OOMKilled: a SIGKILL may be one
                     why = ("killed by the out-of-memory killer" if state.get("OOMKilled")
-                           else f"killed by {name}" if (name := _signal_name(code)) else "")
+                           else "killed by SIGKILL: out of memory, or killed from outside"
+                           if name == "SIGKILL" else f"killed by {name}" if name else "")
                     print(f"error: the task's container exited with status {code}"
                           + (f" ({why})" if why else ""))
                 return code

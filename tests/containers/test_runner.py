@@ -4,7 +4,7 @@ Real podman, real kfp.local DockerRunner through podman's Docker-compatible sock
 (pipelines.containers), the stages image built from this work tree. Covered: the
 classification pipeline (breast_cancer, scikit-learn) gives the same summary and the same
 model version id in containers as with the subprocess runner; a stage that raises and a
-stage that is killed (SIGKILL) fail the run, with the error printed: kfp 2.17.0's own
+stage that is killed (SIGKILL, or over its memory limit) fail the run, with the error printed: kfp 2.17.0's own
 DockerRunner can report such a task as a success (kubeflow/pipelines#13332); Ctrl-C stops
 the run, its container and podman's service.
 """
@@ -114,7 +114,7 @@ def killed_op(out: Output[Artifact]):
 
 @pytest.mark.parametrize("component, label, printed", [
     (raises_op, "raises", "ValueError: this stage raises on purpose"),
-    (killed_op, "killed", "exited with status 137 (killed by SIGKILL)"),
+    (killed_op, "killed", "exited with status 137 (killed by SIGKILL"),
 ])
 def test_a_failed_container_is_never_a_success(stages_image, workdir, component, label, printed):
     result, output = _run_failing(component, workdir, label)
@@ -176,3 +176,29 @@ def test_ctrl_c_stops_the_run_its_container_and_podmans_service(stages_image, wo
     left = subprocess.run(["podman", "ps", "-a", "--format", "{{.Image}}"], check=True,
                           capture_output=True, text=True, env=images.podman_env()).stdout
     assert "slipway-stages" not in left, left
+
+
+@dsl.component(base_image="unused", install_kfp_package=False)
+def greedy_op(out: Output[Artifact]):
+    block = bytearray(600 * 1024 * 1024)  # over the container's 128 MB
+    block[::4096] = b"x" * len(block[::4096])
+
+
+def test_a_task_killed_for_memory_fails_the_run(stages_image, tmp_path):
+    """A container over its memory limit is SIGKILLed; the run fails and says so."""
+    from kfp import local as kfp_local
+
+    @dsl.pipeline(name="fails-memory")
+    def greedy():
+        greedy_op().set_container_image(images.image_ref("stages"))
+
+    with containers.docker_runner(mem_limit="128m") as runner:
+        kfp_local.init(runner=runner, pipeline_root=str(tmp_path), raise_on_error=True)
+        printed = io.StringIO()
+        saved, sys.stdout = sys.stdout, printed
+        try:
+            with pytest.raises(RuntimeError, match="greedy-op"):
+                greedy()
+        finally:
+            sys.stdout = saved
+    assert "exited with status 137 (killed by" in printed.getvalue()
