@@ -155,12 +155,16 @@ def _print_local_notes(params: Params, task_keys) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipelines import local
 
+    params = load_params(args.params, args.set)
     if args.runner == "containers":
-        # Every task in the stages image until the stage graph sets each task's by role.
+        # Until the stage graph sets each task's image by role: every task in the trainer's
+        # image (which holds the stages' packages too), the stages image for scikit-learn.
         from pipelines.images import image_ref
 
-        args.set = [*args.set, f"kfp.image={image_ref('stages')}"]
-    params = load_params(args.params, args.set)
+        role = params.train.framework if params.train.framework in ("torch", "keras") \
+            else "stages"
+        args.set = [*args.set, f"kfp.image={image_ref(role)}"]
+        params = load_params(args.params, args.set)
     pipeline = build_pipeline(args.pipeline, params)
     _preflight(params, args.pipeline)
     repo = str(Path.cwd())
