@@ -4,9 +4,9 @@ Real podman, real kfp.local DockerRunner through podman's Docker-compatible sock
 (pipelines.containers), the stages image built from this work tree. Covered: the
 classification pipeline (breast_cancer, scikit-learn) gives the same summary and the same
 model version id in containers as with the subprocess runner; a stage that raises and a
-stage that is killed (SIGKILL, or over its memory limit) fail the run, with the error printed: kfp 2.17.0's own
-DockerRunner can report such a task as a success (kubeflow/pipelines#13332); Ctrl-C stops
-the run, its container and podman's service.
+stage that is killed (SIGKILL, or over its memory limit) fail the run, with the error
+printed: kfp 2.17.0's own DockerRunner can report such a task as a success
+(kubeflow/pipelines#13332); Ctrl-C stops the run, its container and podman's service.
 """
 
 # No `from __future__ import annotations`: kfp reads the components' annotations as objects.
