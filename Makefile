@@ -23,6 +23,8 @@ PIPELINE ?= training
 # The cache is on: a task whose data (content hash), settings and stage code are unchanged is
 # reused from an earlier local run. make run CACHE=0 runs every task.
 CACHE ?= 1
+# make run RUNNER=containers: every task in its role's image (podman; `make images` first)
+RUNNER ?=
 PYTEST_ARGS ?=
 
 .PHONY: help setup run tune seeds compile repro push pull test test-fast lint bench-pipeline bench-train lock clean
@@ -42,7 +44,7 @@ setup: $(STAMP) ## create the environment, set the DVC remote and fetch the data
 	@$(PY) -m pipelines.workspace --remote "$(DVC_REMOTE)"
 
 run: setup ## run the training pipeline locally with kfp.local (SET="key=value ..." overrides)
-	@$(PY) -m pipelines run $(PIPELINE) $(if $(filter 0,$(CACHE)),--no-cache) $(foreach s,$(SET),--set $(s))
+	@$(PY) -m pipelines run $(PIPELINE) $(if $(filter 0,$(CACHE)),--no-cache) $(if $(RUNNER),--runner $(RUNNER)) $(foreach s,$(SET),--set $(s))
 
 tune: setup ## run the tuning pipeline locally: trials in parallel, best retrained, gated, packaged
 	@$(PY) -m pipelines run tuning $(if $(filter 0,$(CACHE)),--no-cache) $(foreach s,$(SET),--set $(s))
@@ -203,3 +205,14 @@ gpu-wheels: ## download the GPU check's wheels for Python 3.12 into build/gpu-wh
 
 gpu-check: ## on a GPU machine: gpu tests, ResNet-18 bench, torchrun and digits fits -> build/gpu-check/results.json
 	@$(PYTHON) -m benchmarks.gpu_check --wheels $(GPU_WHEELS)
+
+# ---- images: the component and serving images, built offline with podman (pipelines/images.py) ----
+# ROLES picks some of: stages torch keras serving. TORCH_CUDA=cu128 builds the CUDA torch image
+# (network needed; not built in CI).
+ROLES ?=
+TORCH_CUDA ?=
+
+.PHONY: images
+
+images: setup ## build the stage, trainer and serving images with podman (build/images.json)
+	@$(PY) -m pipelines.images build $(if $(ROLES),--roles $(ROLES)) $(if $(TORCH_CUDA),--torch-cuda $(TORCH_CUDA))

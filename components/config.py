@@ -264,7 +264,7 @@ class KfpTrigger(_Strict):
 
 
 class KfpParams(_Strict):
-    image: str = "slipway/components:0.1.0"
+    registry: str = ""  # where a cluster pulls the role images from ("" = local references)
     pipeline_root: str = "build/kfp-local"
     default_profile: str = "cpu-small"
     task_profiles: dict[str, str] = Field(default_factory=dict)

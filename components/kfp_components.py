@@ -28,7 +28,7 @@ from kfp.dsl import (
 )
 
 # No `from __future__ import annotations` here: kfp reads the annotations as objects.
-# The base image is a placeholder that every pipeline replaces with `kfp.image`.
+# The base image is a placeholder: the pipeline gives each task its role's image.
 _component = dsl.component(base_image="python:3.11", install_kfp_package=False)
 
 

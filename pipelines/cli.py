@@ -140,7 +140,7 @@ def _print_local_notes(params: Params, task_keys) -> None:
     from pipelines import profiles
 
     print("Cluster settings this local run does not apply:")
-    print(f"  every task   image {params.kfp.image}, display name, caching options")
+    print("  every task   display name, caching options (images: with --runner containers)")
     gpus = None
     for key in task_keys:
         name, profile = params.kfp.profile_for(key)
@@ -162,13 +162,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     _preflight(params, args.pipeline)
     repo = str(Path.cwd())
     spec = params.dataset_spec
-    print(f"Running pipeline {args.pipeline!r} locally (kfp.local SubprocessRunner): dataset "
+    kind = "DockerRunner on podman" if args.runner == "containers" else "SubprocessRunner"
+    print(f"Running pipeline {args.pipeline!r} locally (kfp.local {kind}): dataset "
           f"{params.dataset!r} ({spec.task}), {params.train.framework}/{params.train.estimator}")
     _print_local_notes(params, stages.PIPELINE_STAGES[args.pipeline])
     arguments = local.arguments(params, repo, repo)
     if args.trigger:
         arguments["trigger"] = _trigger_parameter(args.trigger)
-    result = local.run(pipeline, params, arguments, cache=args.cache)
+    result = local.run(pipeline, params, arguments, cache=args.cache,
+                       runner=args.runner)
     _print_summary(result)
     from pipelines.run_metrics import push_after_run  # monitoring: Pushgateway, if configured
     push_after_run(result, params)
@@ -229,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--trigger", type=Path, metavar="FILE",
                        help="the alert this run retrains for (JSON, written by slipway trigger); "
                             "recorded in the model version's lineage")
+    p_run.add_argument("--runner", choices=("subprocess", "containers"), default="subprocess",
+                       help="subprocess: tasks in this environment; containers: each task in "
+                            "its role's image (podman; `make images` first)")
     p_run.set_defaults(func=cmd_run)
     p_compile = sub.add_parser("compile", parents=[common], help="compile pipelines to IR YAML")
     p_compile.add_argument("pipelines", nargs="*", help="names (default: all)")

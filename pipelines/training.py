@@ -47,9 +47,15 @@ def frameworks(params: Params) -> frozenset[str]:
 
 
 def image_for(role: str, params: Params) -> str:
-    """The image of a role: ``kfp.image`` (one image for every role until ``make images``
-    builds one per role)."""
-    return params.kfp.image
+    """The image a task of ``role`` runs in: by digest when ``make images`` built it (by the
+    commit's tag otherwise). With ``kfp.registry`` set, the commit's tag in that registry:
+    a push gives the image a new manifest digest there, so the local one would not pull."""
+    from pipelines import images
+
+    if params.kfp.registry:
+        tag = images.built().get(role, {}).get("commit") or images.git_commit()
+        return f"{params.kfp.registry.rstrip('/')}/slipway-{role}:{tag}"
+    return images.image_ref(role)
 
 
 def pipeline_defaults(params: Params) -> dict:

@@ -338,11 +338,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(trim_crd_schema(yaml.safe_load(args.crd.read_text())), indent=1))
         return 0
+    from pipelines.training import image_for
+
     params = load_params()
     name, profile = params.kfp.profile_for("train")
     profile = params.kfp.profiles[args.profile] if args.profile else profile
     dist = params.train.distributed.model_copy(update={"nnodes": args.nodes})
-    manifest = trainjob_manifest(name="slipway-train", namespace="kubeflow", image=params.kfp.image,
+    manifest = trainjob_manifest(name="slipway-train", namespace="kubeflow",
+                                 image=image_for("torch", params),
                                  profile=profile, distributed=dist,
                                  job_dir="/kfp-workspace/slipway-train",
                                  workspace_claim="kfp-workspace", workspace_mount="/kfp-workspace")
