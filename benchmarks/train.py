@@ -10,13 +10,16 @@ Side by side in one run, on synthetic data (so nothing is downloaded):
 2. on a CUDA machine: ResNet-18 (CIFAR variant) on CIFAR-shaped synthetic data with bf16
    autocast and channels-last, eager and ``torch.compile``: images/s and the share of the
    GPU's peak dense bf16 FLOP/s it reaches (FLOPs counted by
-   ``torch.utils.flop_counter``). Skipped, and said so, without a GPU.
+   ``torch.utils.flop_counter``). Skipped, and said so, without a GPU;
+3. the distributed fit (:mod:`components.trainers.distributed`): samples/s of the mlp as 1
+   and as 2 torchrun processes on the CPU, and the scaling efficiency (``--distributed-only``
+   measures just that).
 
 Each figure is the median of ``--repeat`` timed runs after a warm-up, the loops taking
 turns. Writes
 ``build/benchmarks/train.json``.
 
-    python -m benchmarks.train [--repeat 3] [--quick]
+    python -m benchmarks.train [--repeat 3] [--quick] [--distributed-only]
 """
 
 from __future__ import annotations
@@ -206,6 +209,48 @@ def throughput(kind: str, rows: int, epochs: int, batch: int, tutorial_rows: int
     return {"rows": rows, "epochs": epochs, "batch_size": batch, "runs": results}
 
 
+def distributed_throughput(rows: int, epochs: int, batch: int, repeat: int) -> dict[str, Any]:
+    """samples/s of the mlp fit as 1 and as 2 torchrun processes on the CPU (gloo), the
+    same global batch and total cores (2 threads for one process, 1 each for two), and the
+    scaling efficiency: samples/s with 2 over twice that with 1. Each time is the whole
+    launch (torchrun, process start, imports), as a train task pays it; the in-process fit
+    is the peer without any of that."""
+    from components.trainers import distributed
+    from components.trainers.torch import TorchTrainer
+
+    x, y, _ = data("mlp", rows)
+    hp = settings("mlp", epochs, batch)
+
+    def launched(nproc: int):
+        def run() -> None:
+            trainer = TorchTrainer("classification", "mlp", hp, 0)
+            distributed.launch(trainer, x, y, None, None, nproc, quiet=True)
+        return run
+
+    def in_process() -> None:
+        with contextlib.redirect_stderr(io.StringIO()):
+            TorchTrainer("classification", "mlp", hp, 0).fit(x, y)
+
+    runs = {"in-process, 1 process": in_process, "torchrun, 1 process": launched(1),
+            "torchrun, 2 processes": launched(2)}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for fn in runs.values():
+        fn()  # warm-up
+    for _ in range(repeat):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    out: dict[str, Any] = {"rows": rows, "epochs": epochs, "batch_size": batch, "runs": {}}
+    for name in runs:
+        sps = rows * epochs / statistics.median(times[name])
+        out["runs"][name] = {"samples_per_s": sps, "seconds": times[name]}
+        print(f"  mlp  {name:26} {sps:>10.0f} samples/s", file=sys.stderr, flush=True)
+    one = out["runs"]["torchrun, 1 process"]["samples_per_s"]
+    out["scaling_efficiency"] = out["runs"]["torchrun, 2 processes"]["samples_per_s"] / (2 * one)
+    return out
+
+
 def resnet18(num_classes: int = 10):
     """ResNet-18 for 32x32 inputs (3x3 stem, no max-pool), as in the CIFAR literature."""
     from torch import nn
@@ -310,12 +355,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller data (a smoke run)")
     parser.add_argument("--json", default="build/benchmarks/train.json")
+    parser.add_argument("--distributed-only", action="store_true",
+                        help="only the 1-vs-2-process distributed fit")
     args = parser.parse_args(argv)
     scale = 4 if args.quick else 1
     hw = hardware()
     print(f"hardware: {hw}", file=sys.stderr)
     print("measuring (median of each after a warm-up) ...", file=sys.stderr)
+    ddp = distributed_throughput(16384 // scale, 4, 256, args.repeat)
+    print(f"\ndistributed mlp fit on CPU: 2 processes give {ddp['scaling_efficiency']:.2f} of "
+          "twice 1 process's samples/s (scaling efficiency)")
+    if args.distributed_only:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"hardware": hw, "distributed": ddp}, indent=2))
+        print(f"written to {args.json}")
+        return 0
     report = {
+        "distributed": ddp,
         "hardware": hw,
         "mlp": throughput("mlp", 32768 // scale, 6, 256, 4096 // scale, args.repeat),
         "cnn": throughput("cnn", 4096 // scale, 2, 64, 1024 // scale, args.repeat),

@@ -117,6 +117,37 @@ class PreprocessParams(_Strict):
     scale: Literal["standard", "minmax", "none"] = "standard"
 
 
+class DistributedParams(_Strict):
+    """Data-parallel training of the torch backend (components/trainers/distributed.py).
+
+    One node: ``nproc_per_node`` > 1 makes the train core launch its fit with torchrun, one
+    process per GPU (NCCL) or per CPU share (gloo). Several nodes (``nnodes`` > 1) run on a
+    cluster only, as a Kubeflow Trainer ``TrainJob`` (pipelines/trainjob.py).
+    """
+
+    nproc_per_node: int | Literal["auto"] = 1  # "auto": one per visible GPU (1 on CPU)
+    nnodes: int = Field(1, ge=1)  # > 1: a TrainJob of this many nodes (cluster only)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPUs, gloo on CPU
+    runtime: str = "torch-distributed"  # the TrainJob's ClusterTrainingRuntime (nnodes > 1)
+
+    @field_validator("nproc_per_node", mode="before")
+    @classmethod
+    def _whole(cls, value: Any) -> Any:
+        # kfp parameters pass through protobuf, where every number is a double (2 -> 2.0).
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int)
+                                or value < 1):
+            raise ValueError(f"nproc_per_node must be a whole number >= 1 or \"auto\", "
+                             f"got {value!r}")
+        return value
+
+    @field_validator("nnodes", mode="before")
+    @classmethod
+    def _whole_nodes(cls, value: Any) -> Any:
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 class TrainParams(_Strict):
     framework: Literal["sklearn", "torch", "keras"] = "sklearn"
     estimator: str = "random_forest"
@@ -126,6 +157,7 @@ class TrainParams(_Strict):
     # Per-epoch checkpoints of epoch-based backends (torch, keras), so a killed fit resumes;
     # "" (or null) for none.
     checkpoint_dir: str = "build/checkpoints"
+    distributed: DistributedParams = Field(default_factory=DistributedParams)
 
     @field_validator("checkpoint_dir", mode="before")
     @classmethod
@@ -206,12 +238,39 @@ class Profile(_Strict):
 TASKS = tuple(STAGES)  # what kfp.task_profiles may name
 
 
+class KfpEndpoint(_Strict):
+    """Where ``make upload / submit / schedule`` send pipelines (pipelines/kfp_api.py).
+
+    The environment overrides each: KFP_HOST, KFP_NAMESPACE, KFP_TOKEN (the token itself),
+    KFP_TOKEN_FILE, KFP_EXPERIMENT. Without a token, the in-cluster service account token
+    is used where there is one.
+    """
+
+    host: str = ""                 # e.g. https://kubeflow.example.com/pipeline; "" = not set
+    namespace: str = ""            # the Kubeflow profile namespace (multi-user)
+    token_file: str = ""           # a file holding the bearer token (re-read per request)
+    experiment: str = "slipway"    # runs go to this experiment (created when missing)
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class KfpTrigger(_Strict):
+    """The retraining trigger: ``slipway trigger serve`` (pipelines/trigger.py)."""
+
+    target: Literal["local", "kfp"] = "local"   # start a local run, or a run on kfp.endpoint
+    pipeline: str = "training"
+    cooldown_s: float = Field(3600.0, ge=0)     # per model: no second run within this time
+    state_file: str = "build/trigger/state.json"  # alert episodes seen, last run per model
+    token_file: str = ""           # the bearer token Alertmanager sends; env SLIPWAY_TRIGGER_TOKEN
+
+
 class KfpParams(_Strict):
-    image: str = "slipway/components:0.1.0"
+    registry: str = ""  # where a cluster pulls the role images from ("" = local references)
     pipeline_root: str = "build/kfp-local"
     default_profile: str = "cpu-small"
     task_profiles: dict[str, str] = Field(default_factory=dict)
     profiles: dict[str, Profile] = Field(default_factory=lambda: {"cpu-small": Profile()})
+    endpoint: KfpEndpoint = Field(default_factory=KfpEndpoint)
+    trigger: KfpTrigger = Field(default_factory=KfpTrigger)
 
     @model_validator(mode="after")
     def _check(self) -> KfpParams:
@@ -232,6 +291,24 @@ class KfpParams(_Strict):
         return name, self.profiles[name]
 
 
+class MonitoringParams(_Strict):
+    """Where pipeline runs push their metrics (pipelines/run_metrics.py).
+
+    ``pushgateway``: a Prometheus Pushgateway URL (``http://host:9091``); null: no push.
+    The environment variable ``SLIPWAY_PUSHGATEWAY`` overrides it.
+    """
+
+    pushgateway: str | None = None
+
+    @field_validator("pushgateway")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL: write it as "
+                             "http://<host>:9091, or null for no push")
+        return value or None
+
+
 class Params(_Strict):
     dataset: str
     datasets: dict[str, DatasetSpec]
@@ -243,6 +320,7 @@ class Params(_Strict):
     package: PackageParams = Field(default_factory=PackageParams)
     tune: TuneParams = Field(default_factory=TuneParams)
     kfp: KfpParams = Field(default_factory=KfpParams)
+    monitoring: MonitoringParams = Field(default_factory=MonitoringParams)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

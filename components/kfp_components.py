@@ -28,7 +28,7 @@ from kfp.dsl import (
 )
 
 # No `from __future__ import annotations` here: kfp reads the annotations as objects.
-# The base image is a placeholder that every pipeline replaces with `kfp.image`.
+# The base image is a placeholder: the pipeline gives each task its role's image.
 _component = dsl.component(base_image="python:3.11", install_kfp_package=False)
 
 
@@ -232,6 +232,7 @@ def package_op(
     register_model: bool,
     code_dir: str,
     dvc_remote: str,
+    trigger: str,
     model_version: Output[Model],
 ):
     """Write the model version (skops files, schema, metrics, lineage); register it in BentoML;
@@ -259,7 +260,8 @@ def package_op(
         lineage = package(transformer.path, model.path,
                           Path(evaluation.path) / "evaluation.json", settings,
                           model_version.path, code_dir,
-                          images={k: v for k, v in images.items() if v})
+                          images={k: v for k, v in images.items() if v},
+                          trigger=from_parameter(trigger) if trigger else None)
         model_version.metadata.update(version=lineage["version"],
                                       dataset_md5=lineage["dataset"]["md5"],
                                       framework=lineage["framework"])

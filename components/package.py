@@ -75,6 +75,7 @@ def package(
     out_dir: str | Path,
     code_dir: str | Path = ".",
     images: dict[str, str] | None = None,
+    trigger: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble a model version directory.
 
@@ -88,6 +89,7 @@ def package(
         images: the images (by digest) the model was trained and packaged in, by task;
             recorded in the lineage, which the version id does not hash, so the same model
             trained in an image and as a local subprocess has the same version.
+        trigger: the alert that started the run (``slipway trigger``), if one did.
 
     Returns:
         The lineage record, including ``version`` and ``files``.
@@ -114,6 +116,7 @@ def package(
             "params": params,
             "code": git_commit(code_dir),
             "images": images or {},
+            **({"trigger": trigger} if trigger else {}),
             "libraries": library_versions(),
             "platform": f"{platform.system()} {platform.machine()}",
             "files": hashes,

@@ -1,8 +1,9 @@
 """Train stage: fit the configured estimator on the preprocessed training split.
 
 Records the k-fold cross-validation score on the training split and the score on the
-validation split. The model directory holds the trainer's own files plus ``training.json``
-(class names, feature names, scores, fit time).
+validation split. With ``train.distributed.nproc_per_node`` > 1 the final fit runs as
+that many torchrun processes (:mod:`components.trainers.distributed`). The model directory
+holds the trainer's own files plus ``training.json`` (class names, feature names, scores, fit time).
 
     python -m components.train --train data/processed/train.parquet \\
         --val data/processed/val.parquet --model models/model --metrics reports/train.json
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import pandas as pd
 from components.config import Params, TrainParams
 from components.errors import SlipwayError
 from components.io import atomic_dir, file_hash, read_json, read_table, write_json
-from components.trainers import Trainer, get_trainer, load_trainer
+from components.trainers import Trainer, distributed, get_trainer, load_trainer
 
 TRAINING_FILE = "training.json"
 
@@ -58,8 +60,10 @@ def checkpoint_dir(
     so a rerun of the same fit resumes and a different fit never picks it up."""
     if not rules.checkpoint_dir or rules.framework == "sklearn":
         return None
+    # Not the process count: a fit killed as 2 processes may be resumed as 1 (or 4).
+    settings = rules.model_dump_json(exclude={"distributed"})
     key = hashlib.sha256(
-        (file_hash(train_path, "sha256") + rules.model_dump_json() + str(merge_val)).encode()
+        (file_hash(train_path, "sha256") + settings + str(merge_val)).encode()
     ).hexdigest()[:16]
     return Path(rules.checkpoint_dir) / key
 
@@ -72,6 +76,7 @@ def train(
     *,
     merge_val: bool = False,
     tuning: dict[str, Any] | None = None,
+    fit: Callable[..., Trainer] | None = None,
 ) -> dict[str, Any]:
     """Fit and save the model; returns the training record.
 
@@ -83,6 +88,10 @@ def train(
         merge_val: fit on train + validation (the tuning pipeline's final fit, once the
             validation split has chosen the trial); no early stopping then.
         tuning: trial results to keep with the model (shown in the evaluation report).
+        fit: how the final fit runs, ``fit(trainer, x, y, x_val, y_val)`` returning the
+            fitted trainer; None: in this process or, with ``train.distributed``, as
+            torchrun processes on this node. On a cluster, several nodes:
+            :func:`pipelines.trainjob.cluster_fit`.
     """
     train_df, meta = read_table(train_path)
     val_df, _ = read_table(val_path)
@@ -102,7 +111,12 @@ def train(
             x_val = y_val = None
     cv = trainer.cross_validate(x, y, rules.cv_folds)
     started = time.perf_counter()
-    trainer.fit(x, y, x_val, y_val)
+    # With train.distributed.nproc_per_node > 1: torchrun processes (the CV folds above
+    # fit in this process); the trainer returned is rank 0's model.
+    if fit is None:
+        trainer = distributed.fit(trainer, x, y, x_val, y_val, rules.distributed)
+    else:
+        trainer = fit(trainer, x, y, x_val, y_val)
     fit_seconds = time.perf_counter() - started
     record: dict[str, Any] = {
         **trainer.describe(),

@@ -23,7 +23,7 @@ from components.config import Params, TrainParams, TuneParams
 from components.errors import SlipwayError
 from components.io import read_table, write_json
 from components.train import encode_target, features_and_target
-from components.trainers import get_trainer
+from components.trainers import distributed, get_trainer
 
 
 def generate_trials(tune: TuneParams, base: TrainParams) -> list[dict[str, Any]]:
@@ -78,7 +78,7 @@ def score_trial(
                           rules.chosen_hyperparameters(), rules.seed,
                           image_shape=meta.get("image_shape"))
     cv = trainer.cross_validate(x, y, rules.cv_folds)
-    trainer.fit(x, y, x_val, y_val)
+    trainer = distributed.fit(trainer, x, y, x_val, y_val, rules.distributed)
     score = accuracy_score if task == "classification" else r2_score
     return {
         **trial,

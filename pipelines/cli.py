@@ -4,6 +4,7 @@
     python -m pipelines run training --export models/current --metrics reports/metrics.json
     python -m pipelines compile [--out-dir build/pipelines]
     python -m pipelines list
+    python -m pipelines upload | submit | schedule | runs | trigger   (pipelines/kfp_cli.py)
 
 Exit status: 0 success, 1 a task failed, 2 bad settings or input, 3 the gate rejected
 the model (it was not packaged).
@@ -144,7 +145,7 @@ def _print_local_notes(params: Params, task_keys) -> None:
     from pipelines import profiles
 
     print("Cluster settings this local run does not apply:")
-    print(f"  every task   image {params.kfp.image}, display name, caching options")
+    print("  every task   display name, caching options (images: with --runner containers)")
     gpus = None
     for key in task_keys:
         name, profile = params.kfp.profile_for(key)
@@ -166,12 +167,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     _preflight(params, args.pipeline)
     repo = str(Path.cwd())
     spec = params.dataset_spec
-    print(f"Running pipeline {args.pipeline!r} locally (kfp.local SubprocessRunner): dataset "
+    kind = "DockerRunner on podman" if args.runner == "containers" else "SubprocessRunner"
+    print(f"Running pipeline {args.pipeline!r} locally (kfp.local {kind}): dataset "
           f"{params.dataset!r} ({spec.task}), {params.train.framework}/{params.train.estimator}")
     _print_local_notes(params, stages.PIPELINE_STAGES[args.pipeline])
-    result = local.run(pipeline, params, local.arguments(params, repo, repo, dvc_remote=True),
-                       cache=args.cache)
+    arguments = local.arguments(params, repo, repo, dvc_remote=True)
+    if args.trigger:
+        arguments["trigger"] = _trigger_parameter(args.trigger)
+    result = local.run(pipeline, params, arguments, cache=args.cache,
+                       runner=args.runner)
     _print_summary(result)
+    from pipelines.run_metrics import push_after_run  # monitoring: Pushgateway, if configured
+    push_after_run(result, params)
     if args.cache:
         print(f"  cache          {len(result.summary['executed'])} task(s) executed, "
               f"{len(result.summary['reused'])} reused from earlier runs (CACHE=0: none)")
@@ -202,6 +209,24 @@ def _export(summary: dict, version_dir: Path, metrics: Path | None) -> None:
     if metrics:
         write_json(metrics, summary.get("metrics", {}))
     print(f"  exported       {_shown(version_dir)}" + (f", {_shown(metrics)}" if metrics else ""))
+
+
+def _trigger_parameter(path: Path) -> str:
+    """The alert a run was started for (a JSON file, from ``slipway trigger``) as the
+    pipeline's ``trigger`` parameter."""
+    import json
+
+    from components.config import to_parameter
+
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise SlipwayError(f"--trigger {path}: not a readable JSON file ({err})",
+                           "pass the alert record that slipway trigger wrote") from None
+    if not isinstance(record, dict):
+        raise SlipwayError(f"--trigger {path}: not a JSON object",
+                           "pass the alert record that slipway trigger wrote")
+    return to_parameter(record)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -237,12 +262,24 @@ def main(argv: list[str] | None = None) -> int:
                             "(dvc.yaml's stage versions it)")
     p_run.add_argument("--metrics", type=Path, metavar="FILE",
                        help="with --export: write the test metrics to FILE (JSON)")
+    p_run.add_argument("--trigger", type=Path, metavar="FILE",
+                       help="the alert this run retrains for (JSON, written by slipway trigger); "
+                            "recorded in the model version's lineage")
+    p_run.add_argument("--runner", choices=("subprocess", "containers"),
+                       default=os.environ.get("SLIPWAY_RUNNER", "subprocess"),
+                       help="subprocess: tasks in this environment; containers: each task in "
+                            "its role's image (podman; `make images` first); default "
+                            "SLIPWAY_RUNNER or subprocess")
     p_run.set_defaults(func=cmd_run)
     p_compile = sub.add_parser("compile", parents=[common], help="compile pipelines to IR YAML")
     p_compile.add_argument("pipelines", nargs="*", help="names (default: all)")
     p_compile.add_argument("--out-dir", default="build/pipelines", help="where the YAML goes")
     p_compile.set_defaults(func=cmd_compile)
     sub.add_parser("list", help="list the pipelines").set_defaults(func=cmd_list)
+    # upload / submit / schedule / runs / trigger: pipelines/kfp_cli.py
+    from pipelines import kfp_cli
+
+    kfp_cli.add_parsers(sub, common)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -206,8 +206,10 @@ def arguments(params: Params, data_root: str | Path, code_dir: str | Path,
 
 
 def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
-        terminal: TextIO = sys.stdout, cache: bool = True) -> RunResult:
-    """Run a built pipeline with kfp.local's SubprocessRunner.
+        terminal: TextIO = sys.stdout, cache: bool = True,
+        runner: str = "subprocess") -> RunResult:
+    """Run a built pipeline with kfp.local: ``runner`` "subprocess" (SubprocessRunner, this
+    environment) or "containers" (DockerRunner on podman, :mod:`pipelines.containers`).
 
     Args:
         pipeline_func: the ``@dsl.pipeline`` function.
@@ -221,12 +223,31 @@ def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
             data, setting or stage code reruns the tasks it affects. Gate and package are
             never reused (the stage graph says so).
     """
+    if runner == "containers":
+        from components.stages import image_role, stages_of
+        from pipelines.containers import docker_runner
+        from pipelines.training import frameworks
+
+        used = frameworks(params)
+        roles = tuple(sorted({image_role(s, used) for s in stages_of(pipeline_func.name)}))
+        with docker_runner(roles=roles) as task_runner:
+            return _run(pipeline_func, params, arguments, terminal, cache, task_runner)
+    if runner != "subprocess":
+        raise ValueError(f"unknown runner {runner!r}: subprocess or containers")
+    from kfp import local
+
+    return _run(pipeline_func, params, arguments, terminal, cache,
+                local.SubprocessRunner(use_venv=False))
+
+
+def _run(pipeline_func: Any, params: Params, arguments: dict[str, Any], terminal: TextIO,
+         cache: bool, task_runner: Any) -> RunResult:
     from kfp import local
 
     root = Path(params.kfp.pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     cache_root = root / ".kfp_cache"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+    local.init(runner=task_runner, pipeline_root=str(root),
                raise_on_error=True, enable_caching=cache, cache_root=str(cache_root))
     before = {p.name for p in root.iterdir()}
     log_path = root / f"{pipeline_func.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"

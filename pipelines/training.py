@@ -47,9 +47,15 @@ def frameworks(params: Params) -> frozenset[str]:
 
 
 def image_for(role: str, params: Params) -> str:
-    """The image of a role: ``kfp.image`` (one image for every role until ``make images``
-    builds one per role)."""
-    return params.kfp.image
+    """The image a task of ``role`` runs in: by digest when ``make images`` built it (by the
+    commit's tag otherwise). With ``kfp.registry`` set, the commit's tag in that registry:
+    a push gives the image a new manifest digest there, so the local one would not pull."""
+    from pipelines import images
+
+    if params.kfp.registry:
+        tag = images.built().get(role, {}).get("commit") or images.git_commit()
+        return f"{params.kfp.registry.rstrip('/')}/slipway-{role}:{tag}"
+    return images.image_ref(role)
 
 
 def pipeline_defaults(params: Params) -> dict:
@@ -129,6 +135,7 @@ def build(params: Params) -> Callable:
         code_dir: str = ".",
         dataset_pointer: str = dvc["dataset_pointer"],
         dvc_remote: str = dvc["dvc_remote"],
+        trigger: str = "",
     ):
         """Train, evaluate, gate and package one model.
 
@@ -151,6 +158,8 @@ def build(params: Params) -> Callable:
             dvc_remote: the DVC remote (JSON: name, url, endpointurl; credentials come
                 from the task's environment): the data comes from it, the packaged model
                 version goes to it. "" for none.
+            trigger: the alert that started this run (JSON: alert, model version,
+                features, PSI), recorded in the lineage; "" for a run started by hand.
         """
         wiring = Wiring(params, dict(locals()))  # the parameters above, by name
         for key in stages.PIPELINE_STAGES["training"]:

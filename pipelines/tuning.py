@@ -44,6 +44,7 @@ def build(params: Params) -> Callable:
         code_dir: str = ".",
         dataset_pointer: str = dvc["dataset_pointer"],
         dvc_remote: str = dvc["dvc_remote"],
+        trigger: str = "",
     ):
         """Tune, then evaluate, gate and package the best model.
 
@@ -70,6 +71,8 @@ def build(params: Params) -> Callable:
             dvc_remote: the DVC remote (JSON: name, url, endpointurl; credentials come
                 from the task's environment): the data comes from it, the packaged model
                 version goes to it. "" for none.
+            trigger: the alert that started this run (JSON: alert, model version,
+                features, PSI), recorded in the lineage; "" for a run started by hand.
         """
         wiring = Wiring(params, dict(locals()))  # the parameters above, by name
         for key in ("ingest", "validate", "split", "preprocess"):

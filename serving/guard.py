@@ -2,8 +2,8 @@
 
 Added to the BentoML service with ``add_asgi_middleware``, so it runs inside BentoML's own
 middlewares (its request metrics count the 401s and 503s it sends) and before any route,
-including BentoML's. Probes (``/livez``, ``/healthz``, ``/readyz``) and ``/metrics`` are
-always open, so Kubernetes and Prometheus need no token.
+including BentoML's. Probes (``/livez``, ``/healthz``, ``/readyz``, ``/v2/health/live``,
+``/v2/health/ready``) and ``/metrics`` are always open, so Kubernetes and Prometheus need no token.
 
 * Authentication (when a token is configured): any other path needs
   ``Authorization: Bearer <token>``, else 401 with ``WWW-Authenticate``.
@@ -20,8 +20,14 @@ from typing import Any
 
 import orjson
 
-OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics", "/v2/health/live",
+                        "/v2/health/ready"})
 LIMITED_PATHS = frozenset({"/predict"})
+
+
+def _limited(path: str) -> bool:
+    """Prediction routes: ``/predict`` and the v2 ``.../infer`` routes."""
+    return path in LIMITED_PATHS or (path.startswith("/v2/models/") and path.endswith("/infer"))
 
 
 def current_runtime() -> Any:
@@ -48,6 +54,19 @@ async def send_json(send: Any, status: int, body: dict[str, Any],
     await send({"type": "http.response.body", "body": payload})
 
 
+def _closing(send: Any) -> Any:
+    """``send`` with ``Connection: close`` added to the response head (uvicorn then closes
+    the connection after the answer, and the client opens a new one elsewhere)."""
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = [h for h in message.get("headers") or () if h[0].lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return wrapped
+
+
 def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
     for key, value in scope.get("headers") or ():
         if key == name:
@@ -64,10 +83,15 @@ class Guard:
         self.in_flight = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         runtime = self.runtime()
+        if runtime is not None and getattr(runtime, "draining", False):
+            send = _closing(send)  # shutting down: every answer closes its connection
+        if scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
         if runtime is None or runtime.settings is None:
             # No instance yet, or settings that could not be read: auth cannot be known, so
             # nothing is served (fail closed).
@@ -85,7 +109,7 @@ class Guard:
                 [(b"www-authenticate", b'Bearer realm="slipway"')],
             )
             return
-        if scope["path"] not in LIMITED_PATHS:
+        if not _limited(scope["path"]):
             await self.app(scope, receive, send)
             return
         limit = runtime.settings.max_concurrency

@@ -41,6 +41,9 @@ INVALID_REASONS = (
     "empty", "wrong_type", "wrong_length", "wrong_shape", "missing_key", "unknown_key",
     "missing_feature", "unknown_feature", "duplicate_feature", "non_finite", "out_of_range",
     "unknown_category", "unsupported_format", "unauthorized",
+    # Open Inference Protocol v2
+    "wrong_datatype", "missing_input", "unknown_input", "unknown_output", "unknown_model",
+    "unknown_version",
 )
 
 

@@ -154,6 +154,10 @@ class LoadedModel:
         self._categorical = [f["name"] for f in self.schema["features"]
                              if f["type"] == "categorical"]
         self._class_array = np.asarray(self.classes, dtype=object) if self.classes else None
+        from serving.compiled import NumpyPreprocessor
+
+        # The hot path: the fitted preprocessing replayed with NumPy (None: use pandas).
+        self.fast = NumpyPreprocessor.compile(transformer, self._numeric, self._categorical)
 
     @property
     def tag(self) -> str:
@@ -215,7 +219,14 @@ class LoadedModel:
         return pd.DataFrame(data, columns=self.names)
 
     def features(self, rows: RawRows) -> np.ndarray:
-        """The float32 model input for some raw rows."""
+        """The float32 model input for some raw rows (NumPy, or the packaged transformer
+        through pandas when it has a part ``serving.compiled`` does not replay)."""
+        if self.fast is not None:
+            return self.fast.transform(rows.numeric, rows.categorical)
+        return self.packaged_features(rows)
+
+    def packaged_features(self, rows: RawRows) -> np.ndarray:
+        """The float32 model input computed by the packaged transformer itself (pandas)."""
         return np.asarray(self.transformer.transform(self.frame(rows)), dtype=np.float32)
 
     def predict(self, rows: RawRows) -> Prediction:
@@ -257,6 +268,23 @@ class LoadedModel:
                 "libraries": lineage.get("libraries"),
                 "files": lineage.get("files"),
             },
+            "serving_artifact": self.serving_artifact(),
+        }
+
+    def serving_artifact(self) -> dict[str, Any]:
+        """What answers at serving time, by the files (and hashes) of the lineage: the
+        packaged preprocessing, replayed with NumPy or called as is, and the model."""
+        from components.preprocess import TRANSFORMER_FILE
+
+        files = self.lineage.get("files") or {}
+        return {
+            "preprocessing": {
+                "file": TRANSFORMER_FILE, "sha256": files.get(TRANSFORMER_FILE),
+                "runs_as": "numpy replay (serving/compiled.py)" if self.fast is not None
+                else "the scikit-learn transformer (pandas)",
+            },
+            "model_files": {k: v for k, v in files.items()
+                            if k != TRANSFORMER_FILE and not k.endswith(".json")},
         }
 
 

@@ -16,8 +16,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
 from components.errors import SlipwayError
 from serving.auth import BearerAuth
 from serving.batching import MicroBatcher
@@ -57,6 +55,7 @@ class ModelRuntime:
         self._batcher: MicroBatcher[RawRows, Prediction] | None = None
         self._loader: threading.Thread | None = None
         self._drift_published = 0.0
+        self.draining = False  # set on SIGTERM (serving/drain.py): answers close connections
 
     @classmethod
     def from_env(cls, metrics: ServingMetrics | None = None) -> ModelRuntime:
@@ -165,36 +164,6 @@ class ModelRuntime:
             start += len(part)
         return out
 
-    def answer(self, prediction: Prediction) -> dict[str, Any]:
-        """The KServe v1 style JSON answer for some predictions."""
-        assert self.model is not None
-        body: dict[str, Any] = {"predictions": self.model.labels(prediction.outputs)}
-        if prediction.proba is not None:
-            body["probabilities"] = prediction.proba
-        body["model_version"] = self.model.version
-        return body
-
-    def arrow_answer(self, prediction: Prediction) -> bytes:
-        """The answer as an Arrow IPC stream: ``prediction`` and ``probabilities`` columns."""
-        import json
-
-        import pyarrow as pa
-
-        assert self.model is not None
-        model = self.model
-        columns = {"prediction": pa.array(model.labels(prediction.outputs))}
-        if prediction.proba is not None:
-            k = prediction.proba.shape[1]
-            columns["probabilities"] = pa.FixedSizeListArray.from_arrays(
-                pa.array(np.ascontiguousarray(prediction.proba).ravel()), k)
-        meta = {b"model_version": model.version.encode(),
-                b"classes": json.dumps(model.classes).encode()}
-        table = pa.table(columns).replace_schema_metadata(meta)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        return sink.getvalue().to_pybytes()
-
     def metadata(self) -> dict[str, Any]:
         """``GET /metadata``: the model, its input contract, classes, metrics and lineage."""
         assert self.model is not None and self.schema is not None and self.settings is not None
@@ -210,11 +179,14 @@ class ModelRuntime:
                            "application/vnd.apache.arrow.stream",
                            "application/vnd.apache.arrow.file"],
                 "arrow_answer": "send Accept: application/vnd.apache.arrow.stream",
+                "v2": f"POST /v2/models/{self.model.name}/infer (Open Inference Protocol v2: "
+                      "one tensor per feature, or one [N, F] tensor for numeric-only "
+                      f"models; see GET /v2/models/{self.model.name})",
             },
             "limits": {
                 "max_instances": s.max_instances, "max_body_bytes": s.max_body_bytes,
                 "max_binary_rows": s.max_binary_rows,
                 "max_binary_body_bytes": s.max_binary_body_bytes,
-                "max_concurrency": s.max_concurrency,
+                "max_concurrency": s.max_concurrency, "max_drain_bytes": s.max_drain_bytes,
             },
         }

@@ -14,7 +14,12 @@ Accepted shapes (all produce a :class:`RawRows`):
 * ``{"instances": [[1.0, "a"], ...]}`` - rows as lists in the schema's feature order;
 * ``{"inputs": {"f1": [1.0, ...], "f2": ["a", ...]}}`` - columnar (TF Serving's format);
 * a NumPy ``.npy`` 2-D numeric array (numeric-only schemas) or an Arrow IPC stream / file
-  with one column per feature (the binary large-batch path).
+  with one column per feature (the binary large-batch path);
+* Open Inference Protocol v2 tensors (one per feature, or one ``[N, F]`` matrix), through
+  :meth:`InputSchema.from_feature_columns` and :meth:`InputSchema.from_value_rows`.
+
+Decoding the bytes of each format is ``serving/protocol.py``'s job; this module checks
+values against the model's contract.
 
 ``null`` (JSON) or a null (Arrow) marks a missing value, which the packaged preprocessing
 imputes as it did in training. NaN and infinity are refused: they are not JSON, and in a
@@ -31,12 +36,6 @@ from typing import Any
 import numpy as np
 
 from components.errors import did_you_mean
-
-# Content types of the binary path (and the JSON one). Arrow's are the IANA-registered ones.
-JSON_TYPE = "application/json"
-NPY_TYPE = "application/x-npy"
-ARROW_STREAM_TYPE = "application/vnd.apache.arrow.stream"
-ARROW_FILE_TYPE = "application/vnd.apache.arrow.file"
 
 _NUMBER_TYPES = frozenset({int, float})
 _MISSING = type(None)
@@ -306,6 +305,17 @@ class InputSchema:
                 )
             columns.append(col)
         return self._build(columns, _column_path)
+
+    def from_feature_columns(self, columns: list[Any], where) -> RawRows:
+        """Validate per-feature value lists in schema order, already of equal, checked
+        length (the v2 tensors); ``where(feature, row)`` names a value in messages."""
+        return self._build(columns, where)
+
+    def from_value_rows(self, rows: list[list[Any]], where) -> RawRows:
+        """Validate rows of values in schema order for a numeric-only schema (a v2
+        ``[N, F]`` tensor); ``where(feature, row)`` names a value in messages."""
+        numeric = self._numeric_matrix(rows, lambda i, j: rows[i][j], where)
+        return RawRows(numeric, np.empty((len(rows), 0), dtype=object))
 
     def _key_error(self, obj: dict, where: str) -> None:
         missing = [n for n in self.names if n not in obj]

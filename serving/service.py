@@ -27,10 +27,12 @@ import logging
 
 import bentoml
 
+from serving import drain
 from serving.api import build_app
 from serving.guard import Guard
 from serving.model import pinned_model
 from serving.runtime import ModelRuntime
+from serving.timeout_fix import install as install_timeout_fix
 
 
 @bentoml.service(
@@ -55,15 +57,24 @@ class Slipway:
             # BentoML's server logging keeps the root at WARNING; the load / not-ready lines
             # below are INFO and ERROR and must reach the worker's log.
             slipway_logger.setLevel(logging.INFO)
+        # BentoML's per-request timeout timers kept every finished request alive for the
+        # whole timeout, and the garbage collector's pauses grew with them: the stall after
+        # bursts (serving/timeout_fix.py).
+        install_timeout_fix()
         self.runtime = ModelRuntime.from_env()
         self.runtime.start()
+        if self.runtime.settings is not None:
+            # SIGTERM: answer every request on open connections (Connection: close), refuse
+            # new ones, then let uvicorn stop (serving/drain.py).
+            drain.install(self.runtime, self.runtime.settings.drain_timeout_s)
 
     async def __is_ready__(self) -> bool:
-        return self.runtime.ready
+        return self.runtime.ready and not self.runtime.draining
 
     @bentoml.on_shutdown
     async def _shutdown(self) -> None:
-        # Runs after uvicorn has drained in-flight requests (SIGTERM), so nothing is cut off.
+        # Runs after the drain (serving/drain.py) and uvicorn's own wait for in-flight
+        # requests, so nothing is cut off.
         await self.runtime.close()
 
 

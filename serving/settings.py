@@ -16,8 +16,13 @@ read at import time: :func:`Settings.from_env` is called by the service's ``__in
   request (413 above them).
 * ``SLIPWAY_MAX_BINARY_BODY_BYTES`` (128 MiB) and ``SLIPWAY_MAX_BINARY_ROWS`` (1,000,000) -
   caps on a ``.npy`` / Arrow request.
+* ``SLIPWAY_MAX_DRAIN_BYTES`` (256 MiB) - a body over its cap is read and discarded up to
+  this size before the 413 goes out, so clients that send the whole body before reading
+  (Python's http.client: urllib, requests) receive it; larger ones are cut off at once.
 * ``SLIPWAY_MAX_BATCH_ROWS`` (4096) - rows the model sees in one call: the cap on adaptive
   batches and the chunk size of big requests.
+* ``SLIPWAY_DRAIN_TIMEOUT_S`` (10) - on SIGTERM, how long to wait for clients to close their
+  keep-alive connections (each answer then says ``Connection: close``) before stopping.
 * ``SLIPWAY_RANGE_MARGIN`` (0.5) - numeric values may pass the training range by this
   fraction of its width on each side; ``inf`` turns the range check off.
 * ``SLIPWAY_DRIFT_WINDOW`` (1000) - rows in the sliding window of the drift score (PSI).
@@ -52,7 +57,9 @@ class Settings(BaseModel):
     max_instances: int = Field(4096, ge=1)
     max_binary_body_bytes: int = Field(128 * MiB, ge=1024)
     max_binary_rows: int = Field(1_000_000, ge=1)
+    max_drain_bytes: int = Field(256 * MiB, ge=0)
     max_batch_rows: int = Field(4096, ge=1, le=1_000_000)
+    drain_timeout_s: float = Field(10.0, ge=0, le=3600)
     range_margin: float = Field(0.5, ge=0)
     drift_window: int = Field(1000, ge=10, le=10_000_000)
 

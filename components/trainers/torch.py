@@ -13,6 +13,13 @@ JSON in its header for the rest, replaced atomically), and :meth:`TorchTrainer.f
 resumes from it: a killed fit rerun on CPU ends with the same weights as one never
 interrupted.
 
+Inside a torchrun process group (:mod:`components.trainers.distributed` launches it) the fit
+is data-parallel: the model is wrapped in DistributedDataParallel, each rank takes its slice
+of every batch of the same seeded permutation and scales its loss so that the summed
+gradients are those of the whole batch (N processes step as one process with the same
+``batch_size``), validation numbers are rank 0's, broadcast (early stopping and the
+learning-rate schedule agree), and only rank 0 says the progress and writes the checkpoint.
+
 Set ``CUDA_VISIBLE_DEVICES=`` (empty) to train on CPU on a GPU machine.
 """
 
@@ -53,6 +60,32 @@ from components.trainers.nets import build_net
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 EVAL_BATCH = 1024  # rows per forward pass when evaluating and predicting (no gradients kept)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in a torchrun process group (rank 0 of 1 outside one)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0: the process that reports, checkpoints and saves."""
+        return self.rank == 0
+
+
+def current_world() -> World:
+    """The process group this fit runs in, if any."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size())
+    return World()
 
 
 def pick_device() -> tuple[torch.device, str]:
@@ -185,12 +218,17 @@ class ShuffledBatches(torch.utils.data.Sampler):
 
     Args:
         rows: dataset size.
-        batch_size: rows per batch (the last batch may be smaller).
-        generator: the seeded source of the shuffle (its state is checkpointed).
+        batch_size: rows per batch (the last batch may be smaller); with several ranks the
+            global batch, of which this rank takes its contiguous slice.
+        generator: the seeded source of the shuffle (its state is checkpointed); seeded
+            alike on every rank, so all ranks slice the same permutation.
+        world: the process group (one process: whole batches).
     """
 
-    def __init__(self, rows: int, batch_size: int, generator: torch.Generator) -> None:
+    def __init__(self, rows: int, batch_size: int, generator: torch.Generator,
+                 world: World = World()) -> None:
         self.rows, self.batch_size, self.generator = rows, batch_size, generator
+        self.world = world
 
     def __len__(self) -> int:
         return -(-self.rows // self.batch_size)
@@ -198,7 +236,16 @@ class ShuffledBatches(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[torch.Tensor]:
         # A generator: the permutation is drawn on the first batch asked for, not when the
         # iterator is made (a multi-worker loader makes two for its first epoch, uses one).
-        yield from torch.randperm(self.rows, generator=self.generator).split(self.batch_size)
+        batches = torch.randperm(self.rows, generator=self.generator).split(self.batch_size)
+        if not self.world.distributed:
+            yield from batches
+            return
+        for batch in batches:
+            yield batch.tensor_split(self.world.size)[self.world.rank]
+
+    def global_rows(self, step: int) -> int:
+        """Rows of the whole batch ``step`` (0-based) across all ranks."""
+        return min(self.batch_size, self.rows - step * self.batch_size)
 
 
 def _as_is(batch: Any) -> Any:
@@ -232,6 +279,7 @@ class TorchTrainer(NetTrainer):
         self.model: torch.nn.Module | None = None
         # Where self.model sits and how it computes there (fit chooses; loaded models: CPU).
         self._plan = DevicePlan(torch.device("cpu"), None, False, 0)
+        self._world = World()
 
     # ----------------------------------------------------------------- building blocks
 
@@ -298,7 +346,8 @@ class TorchTrainer(NetTrainer):
         # The loader draws its workers' seeds from a generator of its own: it draws once per
         # epoch, or once per fit with persistent workers, and that must not move the shuffle.
         return DataLoader(TensorDataset(x, y),
-                          sampler=ShuffledBatches(len(x), self.settings.batch_size, generator),
+                          sampler=ShuffledBatches(len(x), self.settings.batch_size, generator,
+                                                  self._world),
                           batch_size=None, collate_fn=_as_is, num_workers=workers,
                           pin_memory=self._plan.pin_memory, persistent_workers=workers > 0,
                           generator=torch.Generator().manual_seed(self.seed))
@@ -331,12 +380,20 @@ class TorchTrainer(NetTrainer):
         mean, std = target_scale(self.task, y, s)
         self.config = self._architecture(x.shape[1], outputs)
         device, self.device = pick_device()
+        world = self._world = current_world()
         native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(
             including_emulation=False)
         self._plan, warnings = device_plan(device, self.estimator, s, native_bf16)
         threads = f" ({fit_threads()} threads)" if device.type == "cpu" else ""
-        announce("torch", f"training on {self.device}{threads}: {self._plan.describe()}",
-                 warnings)
+        where = f"training on {self.device}{threads}"
+        if world.distributed:
+            import torch.distributed as dist
+
+            self.device = f"{self.device} x {world.size} processes ({dist.get_backend()})"
+            where = (f"world size {world.size} ({dist.get_backend()}); rank 0 {where}; "
+                     f"batch_size {s.batch_size} split across the ranks")
+        if world.leader:
+            announce("torch", f"{where}: {self._plan.describe()}", warnings)
         y_dtype = np.int64 if self.task == "classification" else np.float32
         y = np.asarray(y, dtype=y_dtype)
         y_val = None if y_val is None else np.asarray(y_val, dtype=y_dtype)
@@ -350,6 +407,15 @@ class TorchTrainer(NetTrainer):
             if self._plan.channels_last:
                 model.to(memory_format=torch.channels_last)
             self.model = model
+            net = model
+            if world.distributed:
+                from torch.nn.parallel import DistributedDataParallel
+
+                # Dropout masks differ by rank (as they differ by row in one process).
+                torch.manual_seed(self.seed + 7919 * world.rank)
+                net = DistributedDataParallel(
+                    model, device_ids=[self._device.index] if self._device.type == "cuda"
+                    else None)
             optimizer = self._optimizer(model)
             scheduler = self._scheduler(optimizer)
             # bf16 needs no loss scaling; cards without it (T4, V100) get fp16 with scaling.
@@ -369,17 +435,19 @@ class TorchTrainer(NetTrainer):
             if restored is not None:
                 progress, best_state = self._restore(restored, model, optimizer, scheduler,
                                                      scaler, generator)
-                say(f"torch: resuming from {ckpt} after epoch {progress.epoch}/{s.epochs}")
+                if world.leader:
+                    say(f"torch: resuming from {ckpt} after epoch {progress.epoch}/{s.epochs}")
 
             metric = metric_name(self.task)
             for epoch in range(progress.epoch, s.epochs):
                 if progress.stopped:
                     break
                 lr = optimizer.param_groups[0]["lr"]
-                logs = self._train_epoch(model, loader, optimizer, scaler, epoch)
+                logs = self._train_epoch(model, loader, optimizer, scaler, epoch, net)
                 monitor = logs["loss"]
                 if val is not None:
-                    logs["val_loss"], logs[f"val_{metric}"] = self._evaluate(model, *val)
+                    logs["val_loss"], logs[f"val_{metric}"] = self._agreed(
+                        self._evaluate(model, *val))
                     monitor = logs["val_loss"]
                     if monitor < progress.best_loss:
                         progress.best_loss, progress.best_epoch = monitor, epoch + 1
@@ -396,22 +464,41 @@ class TorchTrainer(NetTrainer):
                 elif scheduler is not None:
                     scheduler.step()
                 progress.epoch = epoch + 1
-                say(epoch_line(epoch + 1, s.epochs, logs, lr))
-                if progress.stopped:
+                if world.leader:
+                    say(epoch_line(epoch + 1, s.epochs, logs, lr))
+                if progress.stopped and world.leader:
                     say(f"torch: early stopping after epoch {epoch + 1}: val_loss has not "
                         f"improved for {progress.bad_epochs} epochs; keeping epoch "
                         f"{progress.best_epoch} (val_loss {progress.best_loss:.4g})")
                 if ckpt is not None:
-                    _write_checkpoint(ckpt, key, model, optimizer, scheduler, scaler, generator,
-                                      progress, best_state)
+                    rngs = _rank_rng_states(world)  # a collective: every rank takes part
+                    if world.leader:
+                        _write_checkpoint(ckpt, key, model, optimizer, scheduler, scaler,
+                                          generator, progress, best_state, rngs)
             if best_state is not None:
                 model.load_state_dict(best_state)
             self.history = progress.history
         model.eval()
 
-    def _train_epoch(self, model, loader, optimizer, scaler, epoch: int) -> dict[str, float]:
+    def _agreed(self, values: tuple[float, ...]) -> tuple[float, ...]:
+        """``values`` as rank 0 computed them, on every rank (as they are outside a group):
+        early stopping and the plateau schedule then decide alike everywhere."""
+        if not self._world.distributed:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self._device)
+        dist.broadcast(t, 0)
+        return tuple(t.tolist())
+
+    def _train_epoch(self, model, loader, optimizer, scaler, epoch: int,
+                     net: torch.nn.Module | None = None) -> dict[str, float]:
+        """One pass over the training rows; ``net`` is the model as it is run forward (its
+        DistributedDataParallel wrapper in a process group)."""
         from tqdm.auto import tqdm
 
+        net = model if net is None else net
+        world = self._world
         model.train()
         # Per step only references are kept (no extra kernels, no GPU sync); the epoch's
         # loss and metric are reduced once at its end. Outputs take rows x classes floats.
@@ -422,10 +509,20 @@ class TorchTrainer(NetTrainer):
         for step, (xb, yb) in enumerate(loader, start=1):
             xb, yb = self._to_device(xb), yb.to(self._device, non_blocking=True)
             with self._plan.autocast():
-                out = model(xb)
-            loss = self._loss(model, out, yb)
+                out = net(xb)
+            if len(yb):
+                loss = self._loss(model, out, yb)
+            else:  # a rank's empty slice of a last batch smaller than the world
+                loss = out.float().sum() * 0.0
+            optimized = loss
+            if world.distributed:
+                # DDP averages gradients over ranks: scaling each rank's mean loss by its
+                # share of the whole batch times the world size makes that average the
+                # gradient of the whole batch's mean loss, as in one process.
+                share = len(yb) * world.size / loader.sampler.global_rows(step - 1)
+                optimized = loss * share
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(optimized).backward()
             scaler.step(optimizer)
             scaler.update()
             losses.append(loss.detach())
@@ -440,10 +537,21 @@ class TorchTrainer(NetTrainer):
         with torch.no_grad():
             sizes = torch.tensor([len(t) for t in targets], dtype=torch.float32,
                                  device=self._device)
-            rows = float(sizes.sum())
-            loss = (torch.stack(losses).float() * sizes).sum().item() / rows
-            loss *= self._loss_units(model)
-            metric = self._metric_sum(torch.cat(outs), torch.cat(targets)).item() / rows
+            if world.distributed:  # the whole epoch's sums, over every rank's rows
+                import torch.distributed as dist
+
+                sums = torch.stack([(torch.stack(losses).float() * sizes).sum(),
+                                    self._metric_sum(torch.cat(outs), torch.cat(targets)),
+                                    sizes.sum()]).double()
+                dist.all_reduce(sums)
+                loss_sum, metric_sum, rows = sums.tolist()
+                loss = loss_sum / rows * self._loss_units(model)
+                metric = metric_sum / rows
+            else:
+                rows = float(sizes.sum())
+                loss = (torch.stack(losses).float() * sizes).sum().item() / rows
+                loss *= self._loss_units(model)
+                metric = self._metric_sum(torch.cat(outs), torch.cat(targets)).item() / rows
         if not math.isfinite(loss):
             raise SlipwayError(
                 f"the {self.estimator} diverged: training loss is {loss} in epoch {epoch + 1}",
@@ -483,10 +591,14 @@ class TorchTrainer(NetTrainer):
             scheduler.load_state_dict(meta["scheduler"])
         if meta.get("scaler"):
             scaler.load_state_dict(meta["scaler"])
-        torch.set_rng_state(part["rng"]["cpu"])
-        generator.set_state(part["rng"]["loader"])
-        if "cuda" in part["rng"] and torch.cuda.is_available():  # the training GPU's
-            torch.cuda.set_rng_state(part["rng"]["cuda"])
+        # Each rank its own random state (dropout); a rank the checkpoint has none of (it
+        # was written by fewer processes) takes rank 0's.
+        mine = f".{self._world.rank}" if self._world.rank else ""
+        rng = part["rng"]
+        torch.set_rng_state(rng.get(f"cpu{mine}", rng["cpu"]))
+        generator.set_state(rng["loader"])
+        if "cuda" in rng and torch.cuda.is_available():  # the training GPU's
+            torch.cuda.set_rng_state(rng.get(f"cuda{mine}", rng["cuda"]))
         return _Progress(**meta["progress"]), (part["best"] or None)
 
     # ---------------------------------------------------------------------- predicting
@@ -569,9 +681,38 @@ def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
+def _rank_rng_states(world: World) -> list[dict[str, torch.Tensor]] | None:
+    """Every rank's random states (rank order), for rank 0's checkpoint; None in one
+    process. A collective: all ranks call it."""
+    if not world.distributed:
+        return None
+    import torch.distributed as dist
+
+    mine = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        mine["cuda"] = torch.cuda.get_rng_state()
+    states: list[Any] = [None] * world.size
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """Epochs a checkpoint has finished (0: none, or no readable checkpoint)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return int(json.loads((f.metadata() or {})["slipway"])["progress"]["epoch"])
+    except Exception:  # missing or garbled: nothing to resume from
+        return 0
+
+
 def _write_checkpoint(path, key, model, optimizer, scheduler, scaler, generator,
-                      progress: _Progress, best_state) -> None:
-    """The whole training state in one safetensors file, replaced atomically."""
+                      progress: _Progress, best_state, rank_rngs=None) -> None:
+    """The whole training state in one safetensors file, replaced atomically.
+
+    ``rank_rngs``: every rank's random states in a process group (rank 0's are the plain
+    ``rng.cpu`` / ``rng.cuda``; rank r's ``rng.cpu.r``)."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -588,6 +729,9 @@ def _write_checkpoint(path, key, model, optimizer, scheduler, scaler, generator,
     tensors["rng.loader"] = generator.get_state()
     if torch.cuda.is_available():  # the GPU the fit runs on (pick_device's current one)
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    for rank, states in enumerate(rank_rngs or []):
+        if rank:
+            tensors.update({f"rng.{name}.{rank}": state for name, state in states.items()})
     meta = {
         "fingerprint": key,
         "progress": asdict(progress),

@@ -3,7 +3,7 @@
 ``pipelines.cli.compile_all`` with the settings of params.yaml (and with overrides), parsed
 back: the eight stage components and their executors, the artifact type of every output,
 pipeline parameters whose defaults are params.yaml's (auto_mpg's columns as ordered
-``[name, type]`` pairs), the container image from ``kfp.image`` on every executor, the gate
+``[name, type]`` pairs), each executor's image by its stage's role, the gate
 condition around the package task, display names and caching; and the
 ``python -m pipelines compile --out-dir`` command writing the same YAML.
 """
@@ -16,10 +16,11 @@ import pytest
 import yaml
 
 from components.config import from_parameter, load_params
-from components.stages import PIPELINE_STAGES
+from components.stages import PIPELINE_STAGES, code_version
 from components.stages import STAGES as STAGE_GRAPH
 from pipelines import PIPELINES
 from pipelines.cli import compile_all
+from pipelines.images import image_ref
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = PIPELINE_STAGES["training"]  # from the stage graph
@@ -142,10 +143,9 @@ def test_pipeline_parameters_default_to_params_yaml(spec, raw_params):
         assert parameter.get("description"), f"parameter {name} has no description"
 
 
-def test_overrides_change_the_defaults_and_the_image(tmp_path):
-    image = "registry.example.com/slipway/components:test-1"
+def test_overrides_change_the_defaults_and_the_images(tmp_path):
     spec = compile_to_dict(tmp_path, "dataset=auto_mpg", "train.estimator=svm",
-                           f"kfp.image={image}", "package.model_name=mpg-{task}")
+                           "kfp.registry=registry.example.com/ml/", "package.model_name=mpg-{task}")
     defaults = {n: p.get("defaultValue")
                 for n, p in spec["root"]["inputDefinitions"]["parameters"].items()}
     assert defaults["dataset_name"] == "auto_mpg"
@@ -155,12 +155,28 @@ def test_overrides_change_the_defaults_and_the_image(tmp_path):
     # In file order (a Struct parameter would sort the keys).
     assert list(from_parameter(defaults["dataset"])["columns"].items()) == list(columns.items())
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images == {image}
+    (image,) = images
+    assert image.startswith("registry.example.com/ml/slipway-stages:")  # the commit's tag
 
 
-def test_image_from_params_on_every_executor(spec, raw_params):
-    for name, executor in spec["deploymentSpec"]["executors"].items():
-        assert executor["container"]["image"] == raw_params["kfp"]["image"], name
+def test_each_executor_runs_its_roles_image(tmp_path):
+    """The stage graph's roles: scikit-learn trains in the stages image; torch's train,
+    evaluate and package tasks in the torch image, the data stages still in the stages one.
+    An image that was built is named by digest, otherwise by the commit's tag."""
+    for framework, estimator, trainer_role in (("sklearn", "random_forest", "stages"),
+                                               ("torch", "mlp", "torch")):
+        spec = compile_to_dict(tmp_path / framework, f"train.framework={framework}",
+                               f"train.estimator={estimator}")
+        executors = spec["deploymentSpec"]["executors"]
+        for stage in STAGES:
+            role = trainer_role if STAGE_GRAPH[stage].role == "trainer" else "stages"
+            container = executors[f"exec-{STAGE_GRAPH[stage].task}"]["container"]
+            assert container["image"] == image_ref(role), stage
+            env = {e["name"]: e["value"] for e in container.get("env", [])}
+            assert env["SLIPWAY_IMAGE"] == image_ref(role)
+            assert env["SLIPWAY_CODE_VERSION"] == code_version(stage)
+        ref = image_ref("stages")
+        assert "@sha256:" in ref or ref.startswith("slipway-stages:")
 
 
 def test_package_runs_only_inside_the_gate_condition(spec):

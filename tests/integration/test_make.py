@@ -92,8 +92,9 @@ def test_make_run_goes_through_dvc(run_cmd):
                        cwd=REPO, timeout=60).stdout
 
     plain = dry()
-    assert re.search(r"^export SLIPWAY_CACHE=1; \\\n\.venv/bin/dvc repro +training$", plain,
-                     flags=re.MULTILINE), plain
+    assert re.search(r"^export SLIPWAY_CACHE=1 SLIPWAY_RUNNER=subprocess; \\\n"
+                     r"\.venv/bin/dvc repro +training$", plain, flags=re.MULTILINE), plain
+    assert "SLIPWAY_RUNNER=containers;" in dry("RUNNER=containers")
     forced = dry("CACHE=0")
     assert "export SLIPWAY_CACHE=0;" in forced and "dvc repro --force training" in forced
     experiment = dry("SET=train.estimator=svm dataset=auto_mpg")

@@ -131,3 +131,52 @@ def test_corrupted_binary_bodies(client, auto_model, data):
         body[i] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(body)))
     check(post(client, bytes(body[:cut] if data.draw(st.booleans()) else body), ctype))
+
+
+# ---- the Open Inference Protocol v2 routes ----------------------------------------------
+
+def post_v2(client, model, content: bytes, ctype: str = "application/json",
+            headers: dict[str, str] | None = None):
+    return client.post(f"/v2/models/{model.name}/infer", content=content,
+                       headers={**({"Content-Type": ctype} if ctype else {}), **(headers or {})})
+
+
+V2_DATATYPES = ["FP64", "FP32", "FP16", "INT64", "INT32", "INT8", "UINT8", "BOOL", "BYTES",
+                "BF16", "float", ""]
+
+
+@FUZZ
+@given(body=json_values)
+def test_v2_arbitrary_json(client, auto_model, body):
+    check(post_v2(client, auto_model, json.dumps(body, allow_nan=True).encode()))
+
+
+@FUZZ
+@given(data=st.data())
+def test_v2_near_valid_tensors(client, auto_model, data):
+    names = [f["name"] for f in auto_model.schema["features"]]
+    n = data.draw(st.integers(0, 6))
+    shape = st.sampled_from([[n], [n, 1], [n, 2], [n + 1], [], [-1], [n, 0]]) | st.lists(
+        st.integers(-2, 8), max_size=3)
+    tensor = st.fixed_dictionaries({
+        "name": st.sampled_from(names) | st.text(max_size=6),
+        "datatype": st.sampled_from(V2_DATATYPES),
+        "shape": shape,
+        "data": st.lists(values_for(auto_model), min_size=max(0, n - 1), max_size=n + 1)
+        | st.lists(st.lists(values_for(auto_model), max_size=2), max_size=n),
+    }, optional={"parameters": st.fixed_dictionaries({}, optional={
+        "binary_data_size": st.integers(-1, 64)})})
+    inputs = data.draw(st.lists(tensor, max_size=len(names) + 1))
+    body = {"inputs": inputs}
+    if data.draw(st.booleans()):
+        body["outputs"] = data.draw(st.lists(st.fixed_dictionaries({"name": st.sampled_from(
+            ["label", "probabilities", "x"])}), max_size=3))
+    check(post_v2(client, auto_model, json.dumps(body, allow_nan=True).encode()))
+
+
+@FUZZ
+@given(content=st.binary(max_size=600), head=st.integers(-5, 700),
+       ctype=st.sampled_from(["application/octet-stream", "application/json", ""]))
+def test_v2_random_binary_bodies(client, auto_model, content, head, ctype):
+    check(post_v2(client, auto_model, content, ctype,
+                  {"Inference-Header-Content-Length": str(head)}))

@@ -373,3 +373,225 @@ def test_a_real_prometheus_scrapes_the_metrics(server, client, bc_model, tmp_pat
         os.killpg(prom.pid, signal.SIGTERM)
         prom.wait(30)
         log.close()
+
+
+# ---- the Open Inference Protocol v2 with a real client -----------------------------------
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json-tensors", "binary-tensors"])
+def test_tritonclient_works_unchanged(server, bc_model, binary):
+    """``tritonclient[http]`` (pinned in the dev dependencies), as an application written for
+    Triton, KServe or MLServer would use it: JSON tensors, and Triton's binary extension."""
+    httpclient = pytest.importorskip("tritonclient.http")
+    from tritonclient.utils import InferenceServerException
+
+    # (A fresh headers dict per call: tritonclient adds its own headers to the one given.)
+    client = httpclient.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    try:
+        assert client.is_server_live() and client.is_server_ready()  # open probes
+        assert client.is_model_ready(bc_model.name, headers=dict(AUTH))
+        assert client.is_model_ready(bc_model.name, bc_model.version, headers=dict(AUTH))
+        meta = client.get_model_metadata(bc_model.name, headers=dict(AUTH))
+        names = [i["name"] for i in meta["inputs"]]
+        assert meta["versions"] == [bc_model.version]
+        values = bc_model.features[names].to_numpy(dtype=np.float64)
+        inputs = []
+        for j, name in enumerate(names):
+            tensor = httpclient.InferInput(name, [len(values)], "FP64")
+            tensor.set_data_from_numpy(values[:, j], binary_data=binary)
+            inputs.append(tensor)
+        wanted = [httpclient.InferRequestedOutput(n, binary_data=binary)
+                  for n in ("label", "probabilities")]
+        result = client.infer(bc_model.name, inputs, outputs=wanted, headers=dict(AUTH),
+                              model_version=bc_model.version, request_id="tc-1")
+        labels = [v.decode() if isinstance(v, bytes) else str(v)
+                  for v in result.as_numpy("label")]
+        assert labels == bc_model.expected_labels
+        proba = result.as_numpy("probabilities")
+        assert proba.shape == (len(values), 2)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+        response = result.get_response()
+        assert response["model_version"] == bc_model.version and response["id"] == "tc-1"
+
+        # The same matrix as one [N, F] tensor.
+        matrix = httpclient.InferInput("input-0", list(values.shape), "FP64")
+        matrix.set_data_from_numpy(values, binary_data=binary)
+        result = client.infer(bc_model.name, [matrix], headers=dict(AUTH))
+        assert [v.decode() if isinstance(v, bytes) else str(v)
+                for v in result.as_numpy("label")] == bc_model.expected_labels
+
+        # A malformed request: the client raises with the server's message, naming the input.
+        inputs[3] = httpclient.InferInput("mean_aera", [len(values)], "FP64")
+        inputs[3].set_data_from_numpy(values[:, 3], binary_data=binary)
+        with pytest.raises(InferenceServerException, match="mean_aera") as info:
+            client.infer(bc_model.name, inputs, headers=dict(AUTH))
+        assert info.value.status() == "400"
+        with pytest.raises(InferenceServerException, match="unauthorized|bearer"):
+            client.infer(bc_model.name, [matrix])  # no token
+    finally:
+        client.close()
+
+
+def test_v2_routes_over_http(client, bc_model):
+    names = [f["name"] for f in bc_model.schema["features"]]
+    body = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 30],
+                        "data": bc_model.features[names].to_numpy()[0].tolist()}]}
+    answer = client.post(f"/v2/models/{bc_model.name}/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == bc_model.expected_labels[:1]
+    bad = client.post(f"/v2/models/{bc_model.name}/versions/nope/infer", json=body)
+    assert bad.status_code == 404 and bad.json()["reason"] == "unknown_version"
+    assert httpx.get(client.base_url.join("/v2/health/ready")).status_code == 200  # open
+    assert httpx.get(client.base_url.join(f"/v2/models/{bc_model.name}")).status_code == 401
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=json_values | st.builds(lambda tensors: {"inputs": tensors}, st.lists(
+    st.fixed_dictionaries({"name": st.sampled_from(["mean_radius", "x", ""]),
+                           "datatype": st.sampled_from(["FP64", "BYTES", "INT8", "?"]),
+                           "shape": st.lists(st.integers(-1, 31), max_size=3),
+                           "data": st.lists(st.floats() | st.text(max_size=2), max_size=4)}),
+    max_size=3)))
+def test_fuzzed_v2_bodies_never_get_a_5xx(client, bc_model, body):
+    answer = client.post(f"/v2/models/{bc_model.name}/infer",
+                         content=json.dumps(body, allow_nan=True).encode(),
+                         headers={"Content-Type": "application/json"})
+    assert answer.status_code < 500, answer.text
+    assert "Traceback" not in answer.text
+
+
+# ---- shutdown under load, and the 413 that Python clients read ---------------------------
+
+def _keepalive_client(port: int, request: bytes, stop, counts: dict, lock) -> None:
+    """Send requests one after another on a keep-alive connection, reconnecting when an
+    answer says ``Connection: close``, until the server refuses to connect or ``stop``.
+    A request written on an open connection that gets no whole answer is counted lost."""
+    sock = None
+    while not stop.is_set():
+        if sock is None:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            except OSError:  # refused: the server stopped accepting; nothing was sent
+                with lock:
+                    counts["refused"] += 1
+                return
+        try:
+            sock.sendall(request)
+        except OSError:
+            with lock:
+                counts["send_failed"] += 1
+            sock.close()
+            sock = None
+            continue
+        try:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed before the answer")
+                data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").lower().split("\r\n")
+            length = int(next(x.split(":")[1] for x in lines if x.startswith("content-length")))
+            while len(rest) < length:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed mid-answer")
+                rest += chunk
+        except OSError:
+            with lock:
+                counts["lost"] += 1
+            sock.close()
+            sock = None
+            continue
+        status = int(lines[0].split()[1])
+        with lock:
+            counts[status] = counts.get(status, 0) + 1
+            if "connection: close" in lines:
+                counts["closed_by_server"] += 1
+        if "connection: close" in lines:
+            sock.close()
+            sock = None
+    if sock is not None:
+        sock.close()
+
+
+def test_sigterm_under_load_loses_no_request(bc_model, tmp_path):
+    """8 keep-alive connections under load, SIGTERM to `bentoml serve` after 1.5 s: every
+    request written on an open connection gets its whole answer (the drain answers with
+    Connection: close, new connections are refused), and the server exits 0."""
+    import threading
+
+    srv = Server({"SLIPWAY_MODEL": bc_model.tag,
+                  "BENTOML_HOME": str(private_store(tmp_path, bc_model.tag))},
+                 tmp_path / "serve.log")
+    try:
+        srv.wait_for("/readyz")
+        body = json.dumps({"instances": bc_model.instances(1)}).encode()
+        request = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                   f"application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+        counts = {"lost": 0, "refused": 0, "send_failed": 0, "closed_by_server": 0}
+        lock, stop = threading.Lock(), threading.Event()
+        clients = [threading.Thread(target=_keepalive_client,
+                                    args=(srv.port, request, stop, counts, lock))
+                   for _ in range(8)]
+        for c in clients:
+            c.start()
+        time.sleep(1.5)
+        answered_before = counts.get(200, 0)
+        os.kill(srv.proc.pid, signal.SIGTERM)
+        for c in clients:
+            c.join(60)
+        stop.set()
+        assert srv.proc.wait(60) == 0, srv.log_text()[-3000:]
+    finally:
+        stop.set()
+        srv.stop()
+    assert answered_before > 0
+    assert counts["lost"] == 0 and counts["send_failed"] == 0, counts
+    assert set(counts) - {"lost", "refused", "send_failed", "closed_by_server"} == {200}, counts
+    assert counts["closed_by_server"] >= 1, counts  # the drain's answers closed connections
+    assert counts["refused"] == 8, counts  # and every client ended on a refused connect
+
+
+@pytest.fixture(scope="module")
+def capped_server(bc_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("capped")
+    srv = Server({"SLIPWAY_MODEL": bc_model.tag, "SLIPWAY_MAX_BODY_BYTES": str(1 << 20),
+                  "BENTOML_HOME": str(private_store(root, bc_model.tag))}, root / "serve.log")
+    try:
+        srv.wait_for("/readyz")
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("times", [1, 3, 30])
+@pytest.mark.parametrize("client_lib", ["urllib", "requests", "httpx"])
+def test_python_clients_read_the_413(capped_server, client_lib, times):
+    """Python's http.client sends the whole body before reading: the server reads and
+    discards it (up to SLIPWAY_MAX_DRAIN_BYTES) so the 413 arrives instead of a reset."""
+    cap = 1 << 20
+    body = b" " * (cap * times + 1)
+    url = capped_server.url + "/predict"
+    headers = {"Content-Type": "application/json"}
+    if client_lib == "urllib":
+        import urllib.error
+        import urllib.request
+
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers),
+                                   timeout=60)
+        status, answer = info.value.code, json.loads(info.value.read())
+    elif client_lib == "requests":
+        import requests
+
+        r = requests.post(url, data=body, headers=headers, timeout=60)
+        status, answer = r.status_code, r.json()
+    else:
+        r = httpx.post(url, content=body, headers=headers, timeout=60)
+        status, answer = r.status_code, r.json()
+    assert status == 413
+    assert answer["reason"] == "body_too_large" and str(cap) in answer["error"]
+    # The server is fine afterwards.
+    ok = httpx.post(url, json={"instances": [[None] * 30]}, timeout=30)
+    assert ok.status_code == 200

@@ -15,6 +15,7 @@ import pytest
 
 from tests.serving.asgi_helpers import check_predictions, post_json
 from tests.serving.conftest import serving_client
+from tests.serving.test_v2_asgi import feature_tensors, outputs, post_v2
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +79,31 @@ def test_categorical_checks(auto_client, auto_model):
     answer = auto_client.post("/predict", content=buf.getvalue(),
                               headers={"Content-Type": "application/x-npy"})
     assert answer.status_code == 415 and "cylinders" in answer.json()["error"]
+
+
+# ---- Open Inference Protocol v2: BYTES tensors for categoricals, nulls -------------------
+
+def test_categorical_inputs_are_bytes(auto_client, auto_model):
+    meta = auto_client.get(f"/v2/models/{auto_model.name}").json()
+    types = {i["name"]: i["datatype"] for i in meta["inputs"]}
+    assert types["cylinders"] == "BYTES" and types["mpg"] == "FP64"
+    assert "matrix_input" not in meta["parameters"]
+
+
+def test_categoricals_and_nulls(auto_client, auto_model):
+    answer = post_v2(auto_client, auto_model, {"inputs": feature_tensors(auto_model)})
+    assert answer.status_code == 200, answer.text
+    assert outputs(answer)["label"]["data"] == auto_model.expected_labels
+    # nulls are missing values, imputed as in v1
+    tensors = feature_tensors(auto_model, 3)
+    for t in tensors:
+        if t["name"] in ("horsepower", "cylinders"):
+            t["data"][0] = None
+    v2 = post_v2(auto_client, auto_model, {"inputs": tensors})
+    assert v2.status_code == 200, v2.text
+    rows = auto_model.instances(3)
+    rows[0].update(horsepower=None, cylinders=None)
+    v1 = post_json(auto_client, {"instances": rows}).json()
+    assert outputs(v2)["label"]["data"] == v1["predictions"]
+    np.testing.assert_array_equal(
+        np.asarray(outputs(v2)["probabilities"]["data"]).reshape(3, -1), v1["probabilities"])

@@ -179,13 +179,13 @@ def test_params_must_be_a_mapping():
 def test_parse_overrides_nests_dotted_keys_and_parses_yaml_values():
     assert parse_overrides([
         "train.estimator=svm", "train.hyperparameters.svm.C=2", "split.test_size=0.25",
-        "package.bentoml_store=false", "datasets.x.na_values=['?', NA]", "kfp.image=a=b",
+        "package.bentoml_store=false", "datasets.x.na_values=['?', NA]", "kfp.registry=a=b",
     ]) == {
         "train": {"estimator": "svm", "hyperparameters": {"svm": {"C": 2}}},
         "split": {"test_size": 0.25},
         "package": {"bentoml_store": False},
         "datasets": {"x": {"na_values": ["?", "NA"]}},
-        "kfp": {"image": "a=b"},
+        "kfp": {"registry": "a=b"},
     }
 
 

@@ -1,0 +1,2 @@
+"""Deployment and monitoring: the Helm charts (data) and the code that generates what ships
+in them (``charts.dashboards``)."""

@@ -1,0 +1,1 @@
+"""Fakes of services that cannot run here, each held to the real service's published schema."""
