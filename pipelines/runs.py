@@ -49,6 +49,16 @@ class RunRow:
     trigger: str = ""
 
 
+def _section(value: Any) -> Any:
+    """A settings section travels as its JSON text (components.config.to_parameter)."""
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, dict):
         out: dict[str, Any] = {}
@@ -169,7 +179,8 @@ def remote_rows(session: Any, experiment: str | None = None, limit: int = 20) ->
         given = (run.runtime_config.parameters if run.runtime_config else None) or {}
         changed = []
         for name, value in sorted(given.items()):
-            before, after = _flat(defaults.get(name), f"{name}."), _flat(value, f"{name}.")
+            before = _flat(_section(defaults.get(name)), f"{name}.")
+            after = _flat(_section(value), f"{name}.")
             changed += [f"{k}={_short(v)}" for k, v in sorted(after.items())
                         if before.get(k) != v]
         pipeline = specs.get((ref.pipeline_id, ref.pipeline_version_id), {}).get("name", "") \

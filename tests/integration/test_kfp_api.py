@@ -24,7 +24,7 @@ import kfp_server_api
 import pytest
 import yaml
 
-from components.config import load_params
+from components.config import from_parameter, load_params
 from components.errors import SlipwayError
 from pipelines import cli, kfp_api
 from tests.fakes.kfp_api import FakeKfp, robfig_parse
@@ -243,7 +243,7 @@ def test_submit_sends_only_the_overridden_sections_as_run_parameters(
                           base_params=params, out_dir=tmp_path)
     assert set(done.parameters) == {"train"}
     run = fake.runs[done.run_id]
-    assert run["runtime_config"]["parameters"]["train"]["estimator"] == "svm"
+    assert from_parameter(run["runtime_config"]["parameters"]["train"])["estimator"] == "svm"
     assert run["pipeline_version_reference"]["pipeline_version_id"] == done.version.version_id
     (experiment,) = fake.experiments.values()
     assert experiment["display_name"] == "slipway" and experiment["namespace"] == NS
