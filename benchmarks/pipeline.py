@@ -1,27 +1,24 @@
-"""Benchmark: the ``training`` pipeline under kfp.local, in one process, and under DVC.
+"""Benchmark: the ``training`` pipeline on each runner, cold and from the cache, and under DVC.
 
 What it measures, side by side in one run (each measurement ``--repeat`` times, median and
-min reported):
+min reported), on a file dataset (``auto_mpg`` unless ``--dataset`` names another):
 
-(a)  the ``training`` pipeline run locally with kfp.local: ``pipelines.training.build``
-     and ``pipelines.local.run``, as ``make run`` does (one subprocess per task), on a
-     fresh pipeline root and an empty BentoML model store;
-(b)  the same stage cores (ingest, validate, split, preprocess, train, evaluate,
-     gate.decide, package + register in the BentoML store) called one after the other in
-     one fresh Python process, with temporary paths: its one-time imports are timed apart
-     from each stage;
-(c)  a / b: the orchestration overhead of kfp.local's one-subprocess-per-task design;
-(d)  a second kfp.local run with nothing changed, as ``make run`` does it (the project's
-     runner does not switch on kfp.local's cache), and, for comparison, a first and a
-     second run with kfp.local's cache switched on (``kfp.local.init(enable_caching=True)``);
-     tasks served from the cache are those the run log shows did not execute;
-(e)  ``dvc repro`` from scratch (no dvc.lock, no DVC cache, no outputs) and a second
-     ``dvc repro`` with nothing changed, and their ratio; to split DVC's own bookkeeping
-     from the stages' cost, also dvc.yaml's stage commands run one after the other in a
-     shell without DVC (e0).
+(a)  the ``training`` pipeline with the subprocess runner (``make run``'s: one process per
+     task), cold: a fresh pipeline root, so an empty cache;
+(a1) a rerun with nothing changed: every cacheable task from the content-keyed cache (gate
+     and package always run). Goal: at most 0.15 of (a);
+(a2) a rerun after one byte of the data file changed in place (same path, same size): the
+     data's content hash is in ingest's key, so every task runs again;
+(b)  the same stages called one after the other in one fresh Python process
+     (``pipelines.inprocess``: the component bodies, no runner), imports timed apart;
+(c)  the containers runner (``make run RUNNER=containers``: every task in its role's image on
+     podman), cold, and (c1) its rerun with nothing changed. Goal: (c) at most 1.3x (a).
+     Skipped, and said so, where podman or the images are missing (``make images``);
+(e)  ``dvc repro`` of dvc.yaml's one stage from scratch (no dvc.lock, no DVC cache, an empty
+     kfp cache) and (e1) with nothing changed: DVC's own bookkeeping around the pipeline.
 
-A second table gives each stage's median time as a kfp.local task, as a dvc.yaml command
-(both include their process start and imports) and in the single process.
+A second table gives each stage's median time as a subprocess task, as a container task
+and in the single process.
 
 Everything runs in a throw-away work area: a git repository made from the repository's
 tracked files (copied from the working tree), ``data/auto-mpg.data`` copied in, its own
@@ -30,7 +27,7 @@ home (``BENTOML_HOME``, set before anything imports bentoml) and the environment
 ``bin`` first on ``PATH`` so that dvc.yaml's ``python`` is this environment's.
 
     make bench-pipeline                                   # = python -m benchmarks.pipeline
-    python -m benchmarks.pipeline --repeat 5 --dataset auto_mpg --json out.json
+    python -m benchmarks.pipeline --repeat 5 --no-containers --json out.json
 
 Output: hardware and versions, one progress line per measurement, then the tables; the
 results also go to ``build/benchmarks/pipeline.json``. Nothing here asserts on a time.
@@ -66,9 +63,10 @@ DATA_FILE = "data/auto-mpg.data"
 # The training pipeline's stages in order, by their kfp task names (the stage graph's).
 TASKS = tuple(STAGES[key].task for key in PIPELINE_STAGES["training"])
 # dvc.yaml's outputs (and dvc.lock): removed for a `dvc repro` from scratch.
-DVC_OUTPUTS = ("data/interim", "data/processed", "models", "reports", "dvc.lock")
-MEASUREMENTS = ("kfp_cold", "kfp_rerun", "inprocess", "kfp_cache_first", "kfp_cache_rerun",
-                "stage_commands", "dvc_scratch", "dvc_nochange")
+DVC_OUTPUTS = ("models", "reports", "dvc.lock")
+MEASUREMENTS = ("sub_cold", "sub_cached", "sub_byte", "inprocess", "ctr_cold", "ctr_cached",
+                "dvc_scratch", "dvc_nochange")
+DEFAULT_DATASET = "auto_mpg"  # a DVC-tracked file: the one-byte change needs one
 # Imported up front by the in-process run, so that the stage times are the work itself.
 PRELOAD = (
     "numpy", "pandas", "pyarrow.parquet", "pydantic", "yaml",
@@ -209,7 +207,7 @@ class WorkArea:
             else:
                 path.unlink(missing_ok=True)
         for path in (self.repo / ".dvc" / "cache", self.repo / ".dvc" / "tmp",
-                     self.dvc_site_cache):
+                     self.dvc_site_cache, self.repo / "build" / "kfp-local"):
             shutil.rmtree(path, ignore_errors=True)
 
     def empty_model_store(self) -> None:
@@ -240,8 +238,9 @@ def _task_seconds(log_text: str) -> dict[str, float]:
     return took
 
 
-def kfp_run(area: WorkArea, root: Path, caching: bool) -> dict[str, Any]:
-    """One run of the training pipeline with the project's kfp.local runner."""
+def kfp_run(area: WorkArea, root: Path, runner: str = "subprocess") -> dict[str, Any]:
+    """One run of the training pipeline with the project's kfp.local runner, cache on (a
+    fresh ``root`` has an empty cache)."""
     from components.config import load_params
     from pipelines import local as kfp_local
     from pipelines.training import build
@@ -255,7 +254,7 @@ def kfp_run(area: WorkArea, root: Path, caching: bool) -> dict[str, Any]:
     # The tasks run in the work area, so they import its copy of the components.
     with contextlib.chdir(area.repo):
         started = time.perf_counter()
-        result = kfp_local.run(pipeline, params, arguments, terminal=terminal, cache=caching)
+        result = kfp_local.run(pipeline, params, arguments, terminal=terminal, runner=runner)
         seconds = time.perf_counter() - started
     if not result.ok:
         raise BenchmarkError(f"kfp.local run failed (task(s) {', '.join(result.failed_tasks)});"
@@ -317,22 +316,27 @@ def _worker(work: Path) -> int:
     return 0
 
 
-# ---- (e): dvc repro, and dvc.yaml's commands without DVC ----------------------------------
+# ---- (a2): one byte of data, (c): containers, (e): dvc repro ----------------------------
 
-def stage_commands(area: WorkArea) -> dict[str, Any]:
-    """dvc.yaml's stage commands one after the other in a shell, without DVC: the stage CLIs'
-    own cost (one process each, params.yaml loaded by each), apart from DVC's bookkeeping."""
-    import yaml
+def flip_one_byte(path: Path) -> None:
+    """Change one digit of the data file in place: same path, same size, other bytes."""
+    data = bytearray(path.read_bytes())
+    at = next(i for i, c in enumerate(data) if chr(c).isdigit() and chr(c) not in "09")
+    data[at] += 1
+    path.write_bytes(bytes(data))
 
-    stages = yaml.safe_load((area.repo / "dvc.yaml").read_text())["stages"]
-    took: dict[str, float] = {}
-    started = time.perf_counter()
-    for name, stage in stages.items():
-        begun = time.perf_counter()
-        _run(["sh", "-c", " ".join(stage["cmd"].split())], area.repo, area.log)
-        took[f"{name}-op"] = round(time.perf_counter() - begun, 4)
-    return {"seconds": time.perf_counter() - started, "stages": took,
-            "stages_run": len(took)}
+
+def containers_missing(dataset_roles: tuple[str, ...] = ("stages",)) -> str:
+    """Why the containers runner cannot be measured here, or "" when it can."""
+    from components.errors import SlipwayError
+    from pipelines import containers, images
+
+    try:
+        containers.check_podman()
+        images.require_built(dataset_roles)
+    except SlipwayError as err:
+        return f"{err.message} ({err.fix})"
+    return ""
 
 
 def dvc_repro(area: WorkArea) -> dict[str, Any]:
@@ -342,7 +346,7 @@ def dvc_repro(area: WorkArea) -> dict[str, Any]:
     output = proc.stdout + proc.stderr
     return {"seconds": seconds,
             "stages_run": len(re.findall(r"Running stage '", output)),
-            "up_to_date": "up to date" in output}
+            "up_to_date": "up to date" in output or "didn't change" in output}
 
 
 # ---- the plan, statistics and the report -------------------------------------------------
@@ -356,10 +360,12 @@ def _ratio(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
     return {"median": round(a["median"] / b["median"], 2), "min": round(a["min"] / b["min"], 2)}
 
 
-def measure(area: WorkArea, repeat: int, say: Callable[[str], None]) -> dict[str, list]:
+def measure(area: WorkArea, repeat: int, containers: bool,
+            say: Callable[[str], None]) -> dict[str, list]:
     """Every measurement ``repeat`` times, interleaved so that drift spreads evenly."""
     runs: dict[str, list] = {k: [] for k in MEASUREMENTS}
     width = len(str(repeat))
+    data = area.repo / DATA_FILE
 
     def timed(i: int, key: str, label: str, fn: Callable[[], dict[str, Any]],
               note: Callable[[dict[str, Any]], str]) -> None:
@@ -372,36 +378,40 @@ def measure(area: WorkArea, repeat: int, say: Callable[[str], None]) -> dict[str
     def tasks_note(rec: dict[str, Any]) -> str:
         return f"{rec['tasks_executed']} tasks run, {rec['cache_hits']} from cache"
 
+    original = data.read_bytes()
     for i in range(repeat):
-        root = area.kfp_roots / f"run{i + 1}"
+        root = area.kfp_roots / f"sub{i + 1}"
         area.empty_model_store()
-        timed(i, "kfp_cold", "(a)  kfp.local pipeline, cold",
-              lambda root=root: kfp_run(area, root, caching=False), tasks_note)
-        timed(i, "kfp_rerun", "(d)  kfp.local rerun, nothing changed",
-              lambda root=root: kfp_run(area, root, caching=False), tasks_note)
+        timed(i, "sub_cold", "(a)  subprocess runner, cold",
+              lambda root=root: kfp_run(area, root), tasks_note)
+        timed(i, "sub_cached", "(a1) subprocess runner, rerun from cache",
+              lambda root=root: kfp_run(area, root), tasks_note)
+        flip_one_byte(data)
+        try:
+            timed(i, "sub_byte", "(a2) rerun after one byte of data changed",
+                  lambda root=root: kfp_run(area, root), tasks_note)
+        finally:
+            data.write_bytes(original)
 
         area.empty_model_store()
         work = area.scratch / f"run{i + 1}"
-        timed(i, "inprocess", "(b)  stage cores in one Python process",
+        timed(i, "inprocess", "(b)  the stages in one Python process",
               lambda work=work: inprocess_run(area, work),
               lambda r: f"imports {r['imports']:.2f} s + stages {sum(r['stages'].values()):.2f} s")
 
-        root = area.kfp_roots / f"cached{i + 1}"
-        area.empty_model_store()
-        timed(i, "kfp_cache_first", "(d') kfp.local, cache on: first run",
-              lambda root=root: kfp_run(area, root, caching=True), tasks_note)
-        timed(i, "kfp_cache_rerun", "(d') kfp.local, cache on: rerun",
-              lambda root=root: kfp_run(area, root, caching=True), tasks_note)
+        if containers:
+            root = area.kfp_roots / f"ctr{i + 1}"
+            area.empty_model_store()
+            timed(i, "ctr_cold", "(c)  containers runner, cold",
+                  lambda root=root: kfp_run(area, root, "containers"), tasks_note)
+            timed(i, "ctr_cached", "(c1) containers runner, rerun from cache",
+                  lambda root=root: kfp_run(area, root, "containers"), tasks_note)
 
         area.reset_dvc()
         area.empty_model_store()
-        timed(i, "stage_commands", "(e0) dvc.yaml's commands, no DVC",
-              lambda: stage_commands(area), lambda r: f"{r['stages_run']} commands")
-        area.reset_dvc()
-        area.empty_model_store()
-        timed(i, "dvc_scratch", "(e1) dvc repro from scratch",
-              lambda: dvc_repro(area), lambda r: f"{r['stages_run']} stages run")
-        timed(i, "dvc_nochange", "(e2) dvc repro, nothing changed", lambda: dvc_repro(area),
+        timed(i, "dvc_scratch", "(e)  dvc repro from scratch",
+              lambda: dvc_repro(area), lambda r: f"{r['stages_run']} stage run")
+        timed(i, "dvc_nochange", "(e1) dvc repro, nothing changed", lambda: dvc_repro(area),
               lambda r: f"{r['stages_run']} stages run" + (", up to date" if r["up_to_date"]
                                                             else ""))
     return runs
@@ -412,28 +422,30 @@ def _median(values: list[float]) -> float:
 
 
 def analyse(runs: dict[str, list]) -> dict[str, Any]:
-    stats = {k: summary([r["seconds"] for r in v]) for k, v in runs.items()}
-    ratios = {
-        "orchestration_overhead_a_over_b": _ratio(stats["kfp_cold"], stats["inprocess"]),
-        "kfp_rerun_over_cold": _ratio(stats["kfp_rerun"], stats["kfp_cold"]),
-        "kfp_cache_rerun_over_first": _ratio(stats["kfp_cache_rerun"], stats["kfp_cache_first"]),
-        "dvc_scratch_over_nochange": _ratio(stats["dvc_scratch"], stats["dvc_nochange"]),
-        "dvc_scratch_over_stage_commands": _ratio(stats["dvc_scratch"], stats["stage_commands"]),
+    stats = {k: summary([r["seconds"] for r in v]) for k, v in runs.items() if v}
+    pairs = {
+        "orchestration_overhead_a_over_b": ("sub_cold", "inprocess"),
+        "cached_rerun_over_cold": ("sub_cached", "sub_cold"),
+        "byte_change_over_cold": ("sub_byte", "sub_cold"),
+        "containers_over_subprocess": ("ctr_cold", "sub_cold"),
+        "containers_cached_over_cold": ("ctr_cached", "ctr_cold"),
+        "dvc_scratch_over_subprocess": ("dvc_scratch", "sub_cold"),
+        "dvc_nochange_over_scratch": ("dvc_nochange", "dvc_scratch"),
     }
+    ratios = {name: _ratio(stats[x], stats[y]) for name, (x, y) in pairs.items()
+              if x in stats and y in stats}
     per_task = {}
     for task in TASKS:
         def med(key: str, field: str, task: str = task) -> float:
-            return _median([r[field][task] for r in runs[key] if task in r[field]])
+            return _median([r[field][task] for r in runs[key] if task in r.get(field, {})])
 
-        per_task[task] = {"kfp_local": med("kfp_cold", "tasks"),
-                          "stage_command": med("stage_commands", "stages"),
+        per_task[task] = {"subprocess": med("sub_cold", "tasks"),
+                          "containers": med("ctr_cold", "tasks"),
                           "in_process": med("inprocess", "stages")}
-    n_tasks = _median([r["tasks_executed"] for r in runs["kfp_cold"]])
-
-    def diff(x: str, y: str) -> dict[str, float]:
-        return {m: round(stats[x][m] - stats[y][m], 3) for m in ("median", "min")}
-
-    overhead = diff("kfp_cold", "inprocess")
+    n_tasks = _median([r["tasks_executed"] for r in runs["sub_cold"]])
+    overhead = {m: round(stats["sub_cold"][m] - stats["inprocess"][m], 3)
+                for m in ("median", "min")}
+    timed = [r for v in runs.values() for r in v]
     return {
         "stats": stats,
         "ratios": ratios,
@@ -443,60 +455,69 @@ def analyse(runs: dict[str, list]) -> dict[str, Any]:
         "kfp_tasks": n_tasks,
         "overhead_seconds": overhead,  # a - b
         "overhead_per_task_seconds": {m: round(v / n_tasks, 3) for m, v in overhead.items()},
-        "dvc_bookkeeping_seconds": diff("dvc_scratch", "stage_commands"),  # e1 - e0
         "cache_hits": {k: _median([r["cache_hits"] for r in runs[k]])
-                       for k in ("kfp_cold", "kfp_rerun", "kfp_cache_first", "kfp_cache_rerun")},
+                       for k in ("sub_cold", "sub_cached", "sub_byte", "ctr_cold", "ctr_cached")
+                       if runs[k]},
+        "executed": {k: _median([r["tasks_executed"] for r in runs[k]])
+                     for k in ("sub_cold", "sub_cached", "sub_byte", "ctr_cold", "ctr_cached")
+                     if runs[k]},
         "dvc_stages_run": {k: _median([r["stages_run"] for r in runs[k]])
                            for k in ("dvc_scratch", "dvc_nochange")},
-        "load_1m": {"min": min(r["load_1m_before"] for v in runs.values() for r in v),
-                    "max": max(r["load_1m_before"] for v in runs.values() for r in v)},
+        "load_1m": {"min": min(r["load_1m_before"] for r in timed),
+                    "max": max(r["load_1m_before"] for r in timed)},
     }
 
 
 def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(measurement, median, min, notes) rows of the main table."""
     a = result["analysis"]
-    s, r, hits = a["stats"], a["ratios"], a["cache_hits"]
+    s, r, hits, ran = a["stats"], a["ratios"], a["cache_hits"], a["executed"]
     n = int(a["kfp_tasks"])
 
     def sec(key: str) -> tuple[str, str]:
         return f"{s[key]['median']:.2f} s", f"{s[key]['min']:.2f} s"
 
-    def ratio(key: str) -> tuple[str, str]:
-        return f"{r[key]['median']:.2f}x", f"{r[key]['min']:.2f}x"
+    def ratio(key: str) -> str:
+        return f"{r[key]['median']:.2f} / {r[key]['min']:.2f}"
 
-    return [
-        ("(a)  kfp.local training pipeline, cold", *sec("kfp_cold"),
-         f"{n} tasks, one subprocess each"),
-        ("(b)  same stage cores, one Python process", *sec("inprocess"),
+    def tasks(key: str) -> str:
+        return f"{ran[key]:g} of {n} tasks run, {hits[key]:g} from cache"
+
+    rows = [
+        ("(a)  subprocess runner, cold", *sec("sub_cold"), tasks("sub_cold")),
+        ("(a1) subprocess runner, rerun from cache", *sec("sub_cached"),
+         f"a1 / a = {ratio('cached_rerun_over_cold')} (goal <= 0.15); {tasks('sub_cached')}"),
+        ("(a2) rerun after one byte of data changed", *sec("sub_byte"),
+         f"a2 / a = {ratio('byte_change_over_cold')}; {tasks('sub_byte')}"),
+        ("(b)  the stages in one Python process", *sec("inprocess"),
          f"imports {a['inprocess_imports']:.2f} s (once) + stages {a['inprocess_stages']:.2f} s"
          " + interpreter start and exit"),
-        ("(c)  orchestration overhead a / b", *ratio("orchestration_overhead_a_over_b"),
-         "a - b = {median:.1f} s / {min:.1f} s, ".format(**a["overhead_seconds"])
-         + "per task {median:.2f} s / {min:.2f} s".format(**a["overhead_per_task_seconds"])),
-        ("(d)  kfp.local rerun, nothing changed", *sec("kfp_rerun"),
-         f"d / a = {r['kfp_rerun_over_cold']['median']:.2f}; "
-         f"{hits['kfp_rerun']:g} of {n} tasks from cache (runner's default)"),
-        ("(d') kfp.local, cache on: first run", *sec("kfp_cache_first"),
-         f"{hits['kfp_cache_first']:g} of {n} tasks from cache"),
-        ("(d') kfp.local, cache on: rerun", *sec("kfp_cache_rerun"),
-         f"rerun / first = {r['kfp_cache_rerun_over_first']['median']:.2f}; "
-         f"{hits['kfp_cache_rerun']:g} of {n} tasks from cache"),
-        ("(e0) dvc.yaml's commands in sequence, no DVC", *sec("stage_commands"),
-         "one process per stage, no DVC bookkeeping"),
-        ("(e1) dvc repro from scratch", *sec("dvc_scratch"),
-         f"{a['dvc_stages_run']['dvc_scratch']:g} stages run; "
-         "e1 - e0 = {median:.1f} s / {min:.1f} s".format(**a["dvc_bookkeeping_seconds"])),
-        ("(e2) dvc repro, nothing changed", *sec("dvc_nochange"),
-         f"{a['dvc_stages_run']['dvc_nochange']:g} stages run"),
-        ("(e3) dvc ratio e1 / e2", *ratio("dvc_scratch_over_nochange"), ""),
+        ("     orchestration overhead a / b", "", "",
+         f"{ratio('orchestration_overhead_a_over_b')}; a - b per task "
+         "{median:.2f} s / {min:.2f} s".format(**a["overhead_per_task_seconds"])),
     ]
+    if "ctr_cold" in s:
+        rows += [
+            ("(c)  containers runner, cold", *sec("ctr_cold"),
+             f"c / a = {ratio('containers_over_subprocess')} (goal <= 1.3); {tasks('ctr_cold')}"),
+            ("(c1) containers runner, rerun from cache", *sec("ctr_cached"),
+             f"c1 / c = {ratio('containers_cached_over_cold')}; {tasks('ctr_cached')}"),
+        ]
+    else:
+        rows.append(("(c)  containers runner", "-", "-", result.get("containers_skipped", "")))
+    rows += [
+        ("(e)  dvc repro from scratch", *sec("dvc_scratch"),
+         f"e / a = {ratio('dvc_scratch_over_subprocess')}: DVC's bookkeeping around (a)"),
+        ("(e1) dvc repro, nothing changed", *sec("dvc_nochange"),
+         f"{a['dvc_stages_run']['dvc_nochange']:g} stages run"),
+    ]
+    return rows
 
 
 def stage_rows(result: dict[str, Any]) -> list[tuple[str, float, float, float]]:
-    """(stage, kfp.local task, dvc.yaml command, in-process) median seconds."""
+    """(stage, subprocess task, container task, in-process) median seconds."""
     per_task = result["analysis"]["per_task"]
-    rows = [(t, v["kfp_local"], v["stage_command"], v["in_process"]) for t, v in per_task.items()]
+    rows = [(t, v["subprocess"], v["containers"], v["in_process"]) for t, v in per_task.items()]
     rows.append(("all stages", *(sum(row[i] for row in rows) for i in (1, 2, 3))))
     return rows
 
@@ -509,12 +530,12 @@ def render(result: dict[str, Any]) -> str:
     out = [f"{'measurement':<{w0}}  {'median':>9}  {'min':>9}  notes (x / y: median / min)",
            rule]
     out += [f"{a0:<{w0}}  {a1:>9}  {a2:>9}  {a3}".rstrip() for a0, a1, a2, a3 in rows]
-    out += ["", "per stage, median seconds (kfp.local task and dvc.yaml command include their "
-                "process start and imports)",
-            f"{'stage':<20}  {'kfp.local':>9}  {'command':>9}  {'in-proc':>9}",
-            f"{'-' * 20}  {'-' * 9}  {'-' * 9}  {'-' * 9}"]
-    out += [f"{t:<20}  {k:>9.2f}  {c:>9.2f}  {i:>9.2f}" for t, k, c, i in stage_rows(result)]
-    out.append(f"{'imports (once)':<20}  {'':>9}  {'':>9}  {a['inprocess_imports']:>9.2f}")
+    out += ["", "per stage, median seconds of a cold run (a task includes its process or "
+                "container start and imports)",
+            f"{'stage':<20}  {'subprocess':>10}  {'container':>10}  {'in-proc':>9}",
+            f"{'-' * 20}  {'-' * 10}  {'-' * 10}  {'-' * 9}"]
+    out += [f"{t:<20}  {k:>10.2f}  {c:>10.2f}  {i:>9.2f}" for t, k, c, i in stage_rows(result)]
+    out.append(f"{'imports (once)':<20}  {'':>10}  {'':>10}  {a['inprocess_imports']:>9.2f}")
     return "\n".join(out)
 
 
@@ -537,7 +558,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.pipeline",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (3)")
-    parser.add_argument("--dataset", help="dataset key from params.yaml (default: its `dataset`)")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET,
+                        help=f"a file dataset of params.yaml (default {DEFAULT_DATASET})")
+    parser.add_argument("--no-containers", action="store_true",
+                        help="skip the containers runner (c, c1)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
                         help=f"results file (default {DEFAULT_JSON.relative_to(REPO)})")
     parser.add_argument("--keep", action="store_true", help="keep the work area afterwards")
@@ -557,8 +581,11 @@ def main(argv: list[str] | None = None) -> int:
     from components.errors import SlipwayError
 
     try:
-        overrides = [f"dataset={args.dataset}"] if args.dataset else []
-        params = load_params(REPO / "params.yaml", overrides)
+        params = load_params(REPO / "params.yaml", [f"dataset={args.dataset}"])
+        if getattr(params.dataset_spec, "path", None) != DATA_FILE:
+            raise SlipwayError(f"dataset {args.dataset!r} is not the file {DATA_FILE}",
+                               f"measure with --dataset {DEFAULT_DATASET} (the one-byte change "
+                               "needs a data file)")
     except SlipwayError as err:
         area.remove()
         print(f"error: {err}", file=sys.stderr)
@@ -577,8 +604,12 @@ def main(argv: list[str] | None = None) -> int:
     say(f"  work area {area.root}")
     try:
         area.create(params.dataset)
+        skipped = "--no-containers" if args.no_containers else containers_missing()
+        if skipped:
+            result["containers_skipped"] = f"skipped: {skipped}"
+            say(f"  containers runner {result['containers_skipped']}")
         say("measuring (one line per run):")
-        runs = measure(area, args.repeat, say)
+        runs = measure(area, args.repeat, not skipped, say)
     except BenchmarkError as err:
         print(f"error: {err}\n  work area kept for inspection: {area.root}", file=sys.stderr)
         return 1

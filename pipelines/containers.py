@@ -189,6 +189,7 @@ def podman_service(root: Path = images.ROOT, timeout: float = 30.0) -> Iterator[
 
 @contextlib.contextmanager
 def docker_runner(roles: tuple[str, ...] = ("stages",), root: Path = images.ROOT,
+                  mounts: dict[str, str] | None = None,
                   **container_run_args) -> Iterator[object]:
     """A kfp.local DockerRunner on podman for the block (see the module docstring).
 
@@ -196,6 +197,8 @@ def docker_runner(roles: tuple[str, ...] = ("stages",), root: Path = images.ROOT
         roles: the image roles the run needs; each must be built from this work tree's code
             (:func:`pipelines.images.require_built`), checked before anything starts.
         root: the repository root (build/ holds the socket and containers.conf).
+        mounts: host folders the tasks see at the same path, by mode ("ro" or "rw"): the
+            data root a file dataset is read from, a local-directory DVC remote.
         container_run_args: more ``docker run`` arguments for every task.
 
     Raises:
@@ -213,7 +216,9 @@ def docker_runner(roles: tuple[str, ...] = ("stages",), root: Path = images.ROOT
     _share_with_group(store, gid, recursive=True)
     # At a fixed path: the host's may lie under a folder the image's user cannot enter
     # (root's ~/bentoml: the image has its own home for root, closed to others).
-    extra = {str(store): {"bind": STORE_MOUNT, "mode": "rw"}}
+    extra = {str(store): {"bind": STORE_MOUNT, "mode": "rw"},
+             **{str(Path(p).resolve()): {"bind": str(Path(p).resolve()), "mode": mode}
+                for p, mode in (mounts or {}).items()}}
     env = {"BENTOML_HOME": STORE_MOUNT, **container_run_args.pop("environment", {})}
     handler = _make_handler_class(extra, gid)
     with podman_service(root) as url:

@@ -205,6 +205,19 @@ def arguments(params: Params, data_root: str | Path, code_dir: str | Path,
             "dvc_remote": dvc["dvc_remote"] if dvc_remote else ""}
 
 
+def _task_mounts(arguments: dict[str, Any]) -> dict[str, str]:
+    """The host folders a containerized task needs at their own paths: the data root (read
+    only) and a local-directory DVC remote, which the package task pushes to."""
+    mounts = {}
+    if Path(arguments.get("data_root", "")).is_dir():
+        mounts[str(arguments["data_root"])] = "ro"
+    remote = json.loads(arguments.get("dvc_remote") or "null") or {}
+    url = remote.get("url", "")
+    if url and "://" not in url and Path(url).is_dir():
+        mounts[url] = "rw"
+    return mounts
+
+
 def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
         terminal: TextIO = sys.stdout, cache: bool = True,
         runner: str = "subprocess") -> RunResult:
@@ -230,7 +243,7 @@ def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
 
         used = frameworks(params)
         roles = tuple(sorted({image_role(s, used) for s in stages_of(pipeline_func.name)}))
-        with docker_runner(roles=roles) as task_runner:
+        with docker_runner(roles=roles, mounts=_task_mounts(arguments)) as task_runner:
             return _run(pipeline_func, params, arguments, terminal, cache, task_runner)
     if runner != "subprocess":
         raise ValueError(f"unknown runner {runner!r}: subprocess or containers")

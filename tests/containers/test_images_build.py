@@ -24,6 +24,7 @@ mods = ["sklearn", "pandas", "pyarrow", "skops", "kfp", "dvc", "dvc_s3", "s3fs",
         "matplotlib", "yaml", "pydantic", "torch", "tensorflow", "keras"]
 print(json.dumps({"uid": os.getuid(), "python": sys.version.split()[0],
                   "commit": os.environ.get("SLIPWAY_GIT_COMMIT"),
+                  "in_image": os.environ.get("SLIPWAY_IN_IMAGE"),
                   "found": {m: importlib.util.find_spec(m) is not None for m in mods}}))
 """
 
@@ -38,6 +39,7 @@ def test_stages_image_holds_the_stages_packages_not_torch_or_tensorflow(stages_i
     assert probe["uid"] == 1000, "the image runs as its non-root user"
     assert probe["python"].startswith("3.11.")
     assert probe["commit"] == images.git_commit(short=False)
+    assert probe["in_image"] == "1"  # so a task's lineage records the image it ran in
     found = probe["found"]
     for module in ("sklearn", "pandas", "pyarrow", "skops", "kfp", "dvc", "dvc_s3", "s3fs",
                    "bentoml"):

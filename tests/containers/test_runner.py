@@ -11,6 +11,7 @@ printed: kfp 2.17.0's own DockerRunner can report such a task as a success
 
 # No `from __future__ import annotations`: kfp reads the components' annotations as objects.
 import io
+import json
 import os
 import re
 import signal
@@ -76,6 +77,13 @@ def test_training_in_containers_matches_the_subprocess_runner(stages_image, work
         {k: v for k, v in theirs.items() if not k.startswith(PER_RUN)}
     # the containers run registered its version in the store it was given (mounted)
     assert any((workdir / "store-containers" / "models").rglob("model.yaml"))
+    # and its lineage records the image, by digest, that trained and packaged the model
+    (boxed_lineage,) = (workdir / "kfp-containers").glob("training-*/package-op/*/lineage.json")
+    (plain_lineage,) = (workdir / "kfp-subprocess").glob("training-*/package-op/*/lineage.json")
+    recorded = json.loads(boxed_lineage.read_text())["images"]
+    assert recorded["train"] == recorded["package"] == images.image_ref("stages")
+    assert recorded["train"].startswith("localhost/slipway-stages@sha256:")
+    assert json.loads(plain_lineage.read_text())["images"] == {}  # not run in an image
 
 
 def test_a_stage_that_raises_fails_the_cli_with_exit_1(stages_image, workdir: Path):
