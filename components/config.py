@@ -265,6 +265,12 @@ class KfpTrigger(_Strict):
 
 class KfpParams(_Strict):
     registry: str = ""  # where a cluster pulls the role images from ("" = local references)
+    # A Kubernetes Secret holding the object-store remote's credentials (its keys named as
+    # the environment variables DVC reads, e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY),
+    # given to the tasks that use the DVC remote on a cluster; "" for none.
+    remote_secret: str = ""
+    remote_secret_keys: list[str] = Field(
+        default_factory=lambda: ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
     pipeline_root: str = "build/kfp-local"
     default_profile: str = "cpu-small"
     task_profiles: dict[str, str] = Field(default_factory=dict)

@@ -58,6 +58,7 @@ class Stage:
         after: stages it runs after without taking their outputs.
         when: a stage whose boolean result must be true for this one to run.
         provides: another name later stages know its task by (``fit``: the model).
+        remote: it reads from or writes to the DVC remote (it needs its credentials).
     """
 
     key: str
@@ -71,6 +72,7 @@ class Stage:
     after: tuple[str, ...] = ()
     when: str | None = None
     provides: str | None = None
+    remote: bool = False
 
     @property
     def task(self) -> str:
@@ -90,7 +92,7 @@ class Stage:
 
 _FEATURES = {"train": "preprocess.train_features", "val": "preprocess.val_features"}
 _STAGES = (
-    Stage("ingest", "Ingest dataset", "ingest_op", "components.ingest"),
+    Stage("ingest", "Ingest dataset", "ingest_op", "components.ingest", remote=True),
     Stage("validate", "Validate data", "validate_op", "components.validate",
           section="validate", takes={"table": "ingest.table"}),
     Stage("split", "Split train / val / test", "split_op", "components.split",
@@ -112,7 +114,7 @@ _STAGES = (
     Stage("gate", "Gate", "gate_op", "components.gate", cached=False, section="gate",
           takes={"evaluation": "evaluate.evaluation"}),
     Stage("package", "Package model version", "package_op", "components.package",
-          role=TRAINER, cached=False, when="gate",
+          role=TRAINER, cached=False, when="gate", remote=True,
           takes={"transformer": "preprocess.transformer", "model": "fit.model",
                  "evaluation": "evaluate.evaluation"}),
 )

@@ -36,6 +36,12 @@ def stage_settings(task: dsl.PipelineTask, key: str, params: Params) -> dsl.Pipe
     task.set_env_variable(stages.IMAGE_ENV, image)
     task.set_env_variable(stages.CODE_VERSION_ENV, stages.code_version(key))
     task.set_caching_options(stage.cached)
+    if stage.remote and params.kfp.remote_secret:
+        from kfp import kubernetes
+
+        kubernetes.use_secret_as_env(task, secret_name=params.kfp.remote_secret,
+                                     secret_key_to_env={k: k for k in
+                                                        params.kfp.remote_secret_keys})
     profiles.apply(task, params.kfp.profile_for(key)[1])
     return task
 

@@ -230,3 +230,24 @@ def test_compile_cli_rejects_an_unknown_pipeline(tmp_path, run_cmd, python_cmd):
     assert "unknown pipeline 'trainng'" in proc.stderr
     assert "did you mean 'training'?" in proc.stderr
     assert not (tmp_path / "trainng.yaml").exists()
+
+
+def test_the_remote_secret_reaches_the_tasks_that_use_the_dvc_remote(tmp_path):
+    """kfp.remote_secret: ingest (fetches the dataset) and package (pushes the model
+    version) get the object store's credentials from a Secret, as environment variables;
+    no other task does, and without the setting none does."""
+    from pipelines.cli import compile_all
+
+    params = load_params(REPO / "params.yaml", ["kfp.remote_secret=dvc-remote"])
+    (path,) = compile_all(params, tmp_path, ["training"])
+    docs = list(yaml.safe_load_all(path.read_text()))
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    with_secret = {name for name, e in executors.items() if e.get("secretAsEnv")}
+    assert with_secret == {f"exec-{STAGE_GRAPH[k].task}" for k in ("ingest", "package")}
+    (secret,) = executors["exec-ingest-op"]["secretAsEnv"]
+    assert {kv["secretKey"]: kv["envVar"] for kv in secret["keyToEnv"]} == {
+        "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+    plain = yaml.safe_load_all(compile_all(load_params(REPO / "params.yaml"), tmp_path / "p",
+                                           ["training"])[0].read_text())
+    assert "secretAsEnv" not in str(list(plain))
