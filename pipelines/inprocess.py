@@ -33,13 +33,13 @@ class StageResult:
 
 def parameter_values(params: Params, data_root: str | Path, code_dir: str | Path,
                      **extra: Any) -> dict[str, Any]:
-    """The ``training`` pipeline's parameter values for ``params``, as a run passes them."""
+    """The ``training`` pipeline's parameter values for ``params``, as a local run passes
+    them: the pipeline's own defaults, then the run's arguments."""
     from pipelines.local import arguments
-    from pipelines.training import pipeline_defaults
+    from pipelines.training import build
 
-    return {**pipeline_defaults(params), "dataset_name": params.dataset,
-            "model_name": params.model_name(),
-            "register_model": params.package.bentoml_store,
+    inputs = build(params).component_spec.inputs or {}
+    return {**{name: spec.default for name, spec in inputs.items()},
             **arguments(params, data_root, code_dir), **extra}
 
 
