@@ -237,12 +237,15 @@ def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
             never reused (the stage graph says so).
     """
     if runner == "containers":
-        from components.stages import image_role, stages_of
+        from components.stages import PIPELINE_STAGES, image_role, stages_of
         from pipelines.containers import docker_runner
         from pipelines.training import frameworks
 
+        # The images of every role the pipeline's stages run in, checked before it starts
+        # (a pipeline outside the stage graph: the stages image).
         used = frameworks(params)
-        roles = tuple(sorted({image_role(s, used) for s in stages_of(pipeline_func.name)}))
+        roles = tuple(sorted({image_role(s, used) for s in stages_of(pipeline_func.name)})) \
+            if pipeline_func.name in PIPELINE_STAGES else ("stages",)
         with docker_runner(roles=roles, mounts=_task_mounts(arguments)) as task_runner:
             return _run(pipeline_func, params, arguments, terminal, cache, task_runner)
     if runner != "subprocess":
