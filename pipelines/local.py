@@ -205,12 +205,15 @@ def arguments(params: Params, data_root: str | Path, code_dir: str | Path,
             "dvc_remote": dvc["dvc_remote"] if dvc_remote else ""}
 
 
-def _task_mounts(arguments: dict[str, Any]) -> dict[str, str]:
-    """The host folders a containerized task needs at their own paths: the data root (read
-    only) and a local-directory DVC remote, which the package task pushes to."""
+def _task_mounts(params: Params, arguments: dict[str, Any]) -> dict[str, str]:
+    """The host paths a containerized task needs at their own paths: the dataset's file or
+    folder under the data root (read only: only it, since the pipeline root may lie below
+    the data root and must stay writable), and a local-directory DVC remote, which the
+    package task pushes to."""
     mounts = {}
-    if Path(arguments.get("data_root", "")).is_dir():
-        mounts[str(arguments["data_root"])] = "ro"
+    path = getattr(params.dataset_spec, "path", None)
+    if path and (Path(arguments.get("data_root", ".")) / path).exists():
+        mounts[str(Path(arguments.get("data_root", ".")) / path)] = "ro"
     remote = json.loads(arguments.get("dvc_remote") or "null") or {}
     url = remote.get("url", "")
     if url and "://" not in url and Path(url).is_dir():
@@ -246,7 +249,7 @@ def run(pipeline_func: Any, params: Params, arguments: dict[str, Any],
         used = frameworks(params)
         roles = tuple(sorted({image_role(s, used) for s in stages_of(pipeline_func.name)})) \
             if pipeline_func.name in PIPELINE_STAGES else ("stages",)
-        with docker_runner(roles=roles, mounts=_task_mounts(arguments)) as task_runner:
+        with docker_runner(roles=roles, mounts=_task_mounts(params, arguments)) as task_runner:
             return _run(pipeline_func, params, arguments, terminal, cache, task_runner)
     if runner != "subprocess":
         raise ValueError(f"unknown runner {runner!r}: subprocess or containers")
