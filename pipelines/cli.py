@@ -140,12 +140,13 @@ def local_gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _print_local_notes(params: Params, task_keys) -> None:
+def _print_local_notes(params: Params, task_keys, runner: str = "subprocess") -> None:
     """Say which cluster settings kfp.local will not apply, task by task."""
     from pipelines import profiles
 
     print("Cluster settings this local run does not apply:")
-    print("  every task   display name, caching options (images: with --runner containers)")
+    images = "" if runner == "containers" else "its role's image (--runner containers uses it), "
+    print(f"  every task   {images}display name, caching options")
     gpus = None
     for key in task_keys:
         name, profile = params.kfp.profile_for(key)
@@ -170,7 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     kind = "DockerRunner on podman" if args.runner == "containers" else "SubprocessRunner"
     print(f"Running pipeline {args.pipeline!r} locally (kfp.local {kind}): dataset "
           f"{params.dataset!r} ({spec.task}), {params.train.framework}/{params.train.estimator}")
-    _print_local_notes(params, stages.PIPELINE_STAGES[args.pipeline])
+    _print_local_notes(params, stages.PIPELINE_STAGES[args.pipeline], args.runner)
     arguments = local.arguments(params, repo, repo, dvc_remote=True)
     if args.trigger:
         arguments["trigger"] = _trigger_parameter(args.trigger)

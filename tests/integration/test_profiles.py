@@ -169,7 +169,7 @@ def test_local_run_with_a_gpu_profile_says_what_it_ignored(workdir, run_cmd, pyt
     for task in TRAINING_TASKS:
         if task != "train":
             assert notes[task] == "cpu-small: cpu 500m/1, memory 1Gi/2Gi", task
-    assert "every task   image slipway/components:0.1.0" in proc.stdout
+    assert "every task   its role's image (--runner containers uses it)" in proc.stdout
     warning = ("warning: task 'train' asks for 1x nvidia.com/gpu (profile gpu-t4) but this "
                "machine has no GPU: it runs on the CPU")
     if local_gpu_count() == 0:
