@@ -228,3 +228,10 @@ TORCH_CUDA ?=
 
 images: setup ## build the stage, trainer and serving images with podman (build/images.json)
 	@$(PY) -m pipelines.images build $(if $(ROLES),--roles $(ROLES)) $(if $(TORCH_CUDA),--torch-cuda $(TORCH_CUDA))
+
+# model-image (issue 10): the serving image plus one model version from the local store, the
+# image charts/slipway-serving runs. MODEL=name:version (or name: its latest).
+.PHONY: model-image
+model-image: setup ## build the serving image with MODEL=name:version baked in (for the chart)
+	@test -n "$(MODEL)" || { echo "error: set MODEL=name:version (see \`bentoml models list\`)"; exit 2; }
+	@$(PY) -m pipelines.images model --model $(MODEL)

@@ -18,6 +18,11 @@ role, its digest reference, digest, size, commit and the hash of the code baked 
 
     python -m pipelines.images build [--roles stages torch]   # make images
     python -m pipelines.images show                           # what is built
+    python -m pipelines.images model --model name:version     # serving image + one model
+
+A *model image* (:func:`build_model_image`) is the serving image with one registered model
+version copied into its BentoML store and named in ``SLIPWAY_MODEL``: what the Helm chart
+``charts/slipway-serving`` runs (the model ships in the image; nothing is fetched at start).
 
 :func:`image_ref` is what the pipeline wiring gives each task; :func:`require_built` is the
 containers runner's check that an image exists and holds the current code.
@@ -357,6 +362,54 @@ def build(roles: list[str] | None = None, root: Path = ROOT, torch_cuda: str = "
     return entries
 
 
+# ---- model images ----------------------------------------------------------------------
+
+# Where the serving image keeps BentoML's home (serving/Containerfile: ENV BENTOML_HOME).
+SERVING_BENTOML_HOME = "/opt/slipway/bentoml"
+MODEL_IMAGE = "localhost/slipway-serving-{name}"
+
+
+def build_model_image(model: str, serving_ref: str | None = None, root: Path = ROOT) -> dict:
+    """Build the serving image with ``model`` (``name:version``, or ``name``: its latest
+    version) copied from this machine's BentoML store (``BENTOML_HOME``) into the image's
+    store, read-only and owned by root, and ``SLIPWAY_MODEL`` set to its full tag.
+
+    Tagged ``localhost/slipway-serving-<name>:<version>``; returns ref (by digest), tag,
+    digest, model tag and build seconds. The serving image must be built and current.
+    """
+    import bentoml  # heavy: only when a model image is asked for
+
+    try:
+        stored = bentoml.models.get(model)
+    except bentoml.exceptions.NotFound:
+        raise SlipwayError(f"model {model!r} is not in the BentoML store",
+                           "run the training pipeline first, or check BENTOML_HOME and "
+                           "`bentoml models list`") from None
+    name, version = stored.tag.name, stored.tag.version
+    serving_ref = serving_ref or require_built(["serving"], root)["serving"]
+    ctx = root / BUILD_DIR / "context" / f"model-{name}-{version}"
+    shutil.rmtree(ctx, ignore_errors=True)
+    dest = ctx / "models" / name / version
+    shutil.copytree(stored.path, dest)
+    (ctx / "models" / name / "latest").write_text(version)
+    for path in [ctx, *ctx.rglob("*")]:  # readable by the non-root user whatever the umask
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    (ctx / "Containerfile").write_text(
+        f"FROM {serving_ref}\n"
+        f"COPY models {SERVING_BENTOML_HOME}/models\n"
+        f"ENV SLIPWAY_MODEL={name}:{version}\n"
+        f"LABEL ai.slipway.model={name}:{version}\n")
+    tag = f"{MODEL_IMAGE.format(name=name)}:{version}"
+    log = root / BUILD_DIR / "model.log"
+    started = time.perf_counter()
+    _run(["podman", "build", "--layers", "-f", str(ctx / "Containerfile"), "-t", tag,
+          str(ctx)], f"podman build of the model image {tag}", log)
+    seconds = time.perf_counter() - started
+    digest = json.loads(_podman("image", "inspect", tag, capture=True).stdout)[0]["Digest"]
+    return {"ref": f"{MODEL_IMAGE.format(name=name)}@{digest}", "tag": tag, "digest": digest,
+            "model": f"{name}:{version}", "build_seconds": round(seconds, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.images", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -367,10 +420,15 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--torch-cuda", default="", metavar="TAG",
                    help="CUDA build of torch for the torch image, e.g. cu128 (needs network)")
     sub.add_parser("show", help="print build/images.json")
+    m = sub.add_parser("model", help="build a model image: the serving image plus one model")
+    m.add_argument("--model", required=True, metavar="NAME[:VERSION]",
+                   help="a model in the BentoML store (BENTOML_HOME); a bare name: its latest")
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
             build(args.roles, torch_cuda=args.torch_cuda)
+        elif args.command == "model":
+            print(json.dumps(build_model_image(args.model), indent=2))
         else:
             print(json.dumps(built(), indent=2, sort_keys=True))
     except SlipwayError as err:
