@@ -1,7 +1,7 @@
 """Fixtures for the serving tests: real model versions in the session's BentoML store.
 
-Two small models are trained once per session with the pipeline's own cores (ingest,
-split, preprocess, train, evaluate, package, register) into the temporary store that
+Two small models are trained once per session by the training pipeline's own stages, run
+in this process (``pipelines.inprocess``), into the temporary store that
 ``tests/conftest.py`` sets up (``BENTOML_HOME``):
 
 * ``bc_model`` - breast_cancer (30 numeric features, 2 classes), a small random forest;
@@ -52,38 +52,37 @@ class TrainedModel:
 
 
 def _train_and_register(work: Path, name: str, spec: Any, overrides: list[str]) -> TrainedModel:
-    from components.config import load_params
-    from components.evaluate import evaluate
-    from components.ingest import ingest
-    from components.io import read_json, read_table, write_json
-    from components.package import package, register
-    from components.preprocess import preprocess
-    from components.split import split
-    from components.train import train
-    from components.trainers import load_trainer
+    """Train, evaluate, package and register a model version with the training pipeline's
+    own stages, run in this process (pipelines.inprocess, wired by the stage graph).
 
-    params = load_params(REPO / "params.yaml", overrides)
-    spec = spec or params.dataset_spec
-    data = work / "dataset.parquet"
-    ingest(name, spec, data, REPO)
-    parts = [work / f"{p}.parquet" for p in ("train", "val", "test")]
-    split(data, *parts, params.split)
-    feats = tuple(work / f"x_{p}.parquet" for p in ("train", "val", "test"))
-    preprocess(*parts, work / "transformer", feats, params.preprocess)
-    train(feats[0], feats[1], work / "model", params.train)
-    result = evaluate(work / "model", feats[2])
-    write_json(work / "evaluation.json", result)
-    out = work / "package"
-    package(work / "transformer", work / "model", work / "evaluation.json",
-            params.model_dump(mode="json", by_alias=True), out, REPO)
-    tag = register(out, name)
+    ``spec`` replaces the dataset's declaration when given. The gate is opened (any score,
+    any distance to a version packaged before): these models exist to be served.
+    """
+    from components.config import load_params
+    from components.io import read_json, read_table
+    from components.trainers import load_trainer
+    from pipelines import inprocess
+
+    params = load_params(REPO / "params.yaml", [*overrides, "package.bentoml_store=true",
+                                                "gate.classification.threshold=0",
+                                                "gate.regression.threshold=-1e9",
+                                                "gate.tolerance=1e9"])
+    if spec is not None:
+        params = params.model_copy(update={"datasets": {**params.datasets,
+                                                        params.dataset: spec}})
+    results = inprocess.run(params, work, REPO, REPO, model_name=name)
+    assert "package" in results, "the gate refused the fixture's model"
+    version_artifact = results["package"].outputs["model_version"]
+    out = Path(version_artifact.path)
+    tag = version_artifact.metadata["bentoml_tag"]
+    test_split = Path(results["split"].outputs["test"].path)
 
     # What the model predicts for the raw test rows when called in-process.
     from components import safe_load
 
     schema = read_json(out / "schema.json")
     names = [f["name"] for f in schema["features"]]
-    test_df, _ = read_table(parts[2])
+    test_df, _ = read_table(test_split)
     features = test_df[names].reset_index(drop=True)
     transformer = safe_load.load(out / "preprocessor.skops")
     trainer = load_trainer(out)
