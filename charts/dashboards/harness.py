@@ -265,7 +265,8 @@ class Stack:
     """Everything the dashboards read, for real, on 127.0.0.1.
 
     A real pipeline run (``python -m pipelines run training``) pushes its metrics to a real
-    Pushgateway and packages a model into the BentoML store named by ``BENTOML_HOME``; a real
+    Pushgateway and packages a model into a BentoML store of the stack's own (under
+    ``workdir``, so it neither adds to nor reads from the caller's store); a real
     ``bentoml serve`` serves that model under load (valid rows, rows that drift, invalid
     requests, more concurrency than it admits); a real Prometheus scrapes the server as the
     chart's ServiceMonitor would, the Pushgateway, and the cluster stand-in.
@@ -275,7 +276,7 @@ class Stack:
 
     def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, "BENTOML_HOME": str(workdir / "bentoml"), **(env or {})}
         self.parts: list[Any] = []
         self._stop = None
         self.counts: dict[str, int] = {}

@@ -25,6 +25,25 @@ def test_resolve_by_tag_name_version_and_newest(bc_model, auto_model):
             resolve(spec)
 
 
+def test_a_version_under_two_names_must_be_pinned_by_name(bc_model, unique_model_name):
+    """The same files give the same version id: registered under a second name, the bare
+    version is ambiguous and the error names both tags."""
+    import bentoml
+
+    from components.package import register
+
+    twin = register(bc_model.package_dir, unique_model_name)
+    try:
+        with pytest.raises(SlipwayError, match="exists under several names") as caught:
+            resolve(bc_model.version)
+        assert bc_model.tag in str(caught.value) and twin in str(caught.value)
+        assert caught.value.fix == "pin it as name:version"
+        assert str(resolve(twin).tag) == twin
+    finally:
+        bentoml.models.delete(twin)
+    assert str(resolve(bc_model.version).tag) == bc_model.tag
+
+
 def test_loaded_model_predicts_what_the_model_predicts_in_process(bc_model, auto_model):
     for trained in (bc_model, auto_model):
         stored = resolve(trained.tag)
