@@ -60,8 +60,9 @@ def refuse_local_run(params: Any) -> None:
             f"train.distributed.nnodes is {nodes}: several nodes train as a Kubeflow Trainer "
             "TrainJob on a cluster, which a local run (kfp.local) cannot start",
             "set train.distributed.nnodes=1 for a local run (train.distributed.nproc_per_node "
-            "uses this machine's GPUs or cores), or compile and submit the pipeline to a "
-            "cluster (make submit SET=\"train.distributed.nnodes=" + str(nodes) + "\")")
+            "uses this machine's GPUs or cores), or run it on a cluster: set it in params.yaml "
+            "and `make submit`, or `make upload SET=\"train.distributed.nnodes=" + str(nodes)
+            + "\"` then `make submit` with the same SET")
 
 
 # ------------------------------------------------------------------------------- schema
