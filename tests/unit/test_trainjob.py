@@ -549,3 +549,27 @@ def test_the_train_task_collects_the_model_its_nodes_trained(built_classificatio
     alone = train_core(*built_classification.processed[:2], tmp_path / "alone", one)
     np.testing.assert_allclose(record["history"]["val_loss"], alone["history"]["val_loss"],
                                rtol=1e-4)
+
+
+def test_the_readme_role_grants_what_the_task_calls():
+    """The Role the README gives is valid Kubernetes RBAC and grants the verbs the task's
+    calls need (create, get, delete of trainjobs), no more."""
+    import re
+
+    import kubernetes_validate
+    import yaml
+
+    readme = (REPO / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S)
+                 if "kind: Role\n" in b)
+    docs = list(yaml.safe_load_all(block))
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.30", strict=True)
+    role = next(d for d in docs if d["kind"] == "Role")
+    binding = next(d for d in docs if d["kind"] == "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    source = Path(trainjob.__file__).read_text()
+    used = {verb for verb in ("create", "get", "delete", "list", "patch", "watch")
+            if f"api.{verb}_namespaced_custom_object" in source}
+    assert role["rules"] == [{"apiGroups": [trainjob.GROUP], "resources": [trainjob.PLURAL],
+                              "verbs": sorted(used, key=["create", "get", "delete"].index)}]
