@@ -116,7 +116,8 @@ class Wiring:
                 args[name] = self.tasks[source].outputs[output]
             else:
                 args[name] = self.values[stage.section if name == "rules" else name]
-        task = stage_settings(component(**args), stage.key, self.params)
+        task = self.nodes.settle(stage_settings(component(**args), stage.key, self.params),
+                                 stage)
         for key in stage.after:
             task.after(self.tasks[key])
         self.tasks[stage.key] = task
@@ -153,6 +154,18 @@ class SeveralNodes:
             return {}
         shm = self.params.kfp.profile_for(stage.key)[1].shm_size or ""
         return {"workspace_path": dsl.WORKSPACE_PATH_PLACEHOLDER, "shm_size": shm}
+
+    def settle(self, task: dsl.PipelineTask, stage: stages.Stage) -> dsl.PipelineTask:
+        """The variant's code version also covers the TrainJob's code (its body imports
+        it; the stage graph's version follows the stage's own component)."""
+        if self.on and stage.key in self.OPS:
+            import hashlib
+
+            digest = hashlib.sha256(stages.code_version(stage.key).encode())
+            for path in stages.source_files("components.trainers.trainjob"):
+                digest.update(path.read_bytes())
+            task.set_env_variable(stages.CODE_VERSION_ENV, digest.hexdigest()[:16])
+        return task
 
     def pipeline_config(self) -> dsl.PipelineConfig | None:
         """The run's workspace: a PersistentVolumeClaim kfp creates per run and mounts in

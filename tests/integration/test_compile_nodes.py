@@ -150,3 +150,14 @@ def test_a_local_run_with_several_nodes_exits_2_before_any_task(pipeline, tmp_pa
     assert "train.distributed.nnodes is 2" in err and "kfp.local" in err
     assert "set train.distributed.nnodes=1 for a local run" in err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_variants_code_version_covers_the_trainjob_code(nodes):
+    """The train task's code version (in its cache key) is its own, taken over the
+    TrainJob's code too (which its body imports), not the one-node task's."""
+    from components.stages import CODE_VERSION_ENV, code_version
+
+    spec, _ = nodes["training"]
+    env = {e["name"]: e["value"] for e in
+           spec["deploymentSpec"]["executors"]["exec-train-nodes-op"]["container"]["env"]}
+    assert len(env[CODE_VERSION_ENV]) == 16 and env[CODE_VERSION_ENV] != code_version("train")

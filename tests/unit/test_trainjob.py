@@ -573,3 +573,30 @@ def test_the_readme_role_grants_what_the_task_calls():
             if f"api.{verb}_namespaced_custom_object" in source}
     assert role["rules"] == [{"apiGroups": [trainjob.GROUP], "resources": [trainjob.PLURAL],
                               "verbs": sorted(used, key=["create", "get", "delete"].index)}]
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.distributed.nnodes=2",  # params.yaml's framework is sklearn
+     "several nodes train the torch backend only .*set train.framework=torch"),
+    ("train.distributed.workspace_size=20 GB", "'20 GB' is not a Kubernetes quantity"),
+    ("train.distributed.poll_s=0", "poll_s"),
+])
+def test_bad_several_nodes_settings_are_refused_on_load(override, match):
+    with pytest.raises(SlipwayError, match=match):
+        load_params(REPO / "params.yaml", [override])
+
+
+def test_a_tuning_trial_fits_on_one_node_when_the_final_fit_takes_several(
+        built_classification):
+    """With nnodes=2 only retrain's fit is a TrainJob; a trial fits in its own task."""
+    pytest.importorskip("torch")
+    from components.config import TrainParams
+    from components.tune import score_trial
+
+    base = TrainParams(framework="torch", estimator="mlp", cv_folds=2, seed=0,
+                       hyperparameters={"mlp": {**HP, "epochs": 1}},
+                       distributed=DistributedParams(nnodes=2))
+    trial = {"trial": 0, "framework": "torch", "estimator": "mlp",
+             "hyperparameters": {**HP, "epochs": 1}}
+    scored = score_trial(*built_classification.processed[:2], base, trial)
+    assert 0.0 <= scored["val_score"] <= 1.0
