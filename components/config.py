@@ -8,6 +8,7 @@ ignored) and each error names the dotted key and the valid choices.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -122,13 +123,30 @@ class DistributedParams(_Strict):
 
     One node: ``nproc_per_node`` > 1 makes the train core launch its fit with torchrun, one
     process per GPU (NCCL) or per CPU share (gloo). Several nodes (``nnodes`` > 1) run on a
-    cluster only, as a Kubeflow Trainer ``TrainJob`` (pipelines/trainjob.py).
+    cluster only, as a Kubeflow Trainer ``TrainJob`` (components/trainers/trainjob.py); the
+    pipeline then asks kfp for a workspace of ``workspace_size`` on ``storage_class`` (a
+    ReadWriteMany volume the train task and the job's nodes share).
     """
 
     nproc_per_node: int | Literal["auto"] = 1  # "auto": one per visible GPU (1 on CPU)
     nnodes: int = Field(1, ge=1)  # > 1: a TrainJob of this many nodes (cluster only)
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPUs, gloo on CPU
     runtime: str = "torch-distributed"  # the TrainJob's ClusterTrainingRuntime (nnodes > 1)
+    # nnodes > 1 only: the pipeline's workspace (data in, model out) and the job's watcher.
+    workspace_size: str = "20Gi"  # a Kubernetes quantity
+    storage_class: str = ""       # a ReadWriteMany class (e.g. nfs-client); "" = the default
+    poll_s: int = Field(15, ge=1)     # seconds between reads of the TrainJob's status
+    timeout_s: int = Field(0, ge=0)   # give up on the TrainJob after this long; 0 = never
+
+    @field_validator("workspace_size")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        # kfp's own check (kfp.dsl.pipeline_config), here so a typo fails on load.
+        if not re.fullmatch(r"(0|[1-9]\d*)(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|K|M|G|T|P|E)?",
+                            str(value).strip()):
+            raise ValueError(f"workspace_size {value!r} is not a Kubernetes quantity "
+                             "(e.g. 20Gi, 500Mi, 1Ti)")
+        return str(value).strip()
 
     @field_validator("nproc_per_node", mode="before")
     @classmethod
@@ -142,7 +160,7 @@ class DistributedParams(_Strict):
                              f"got {value!r}")
         return value
 
-    @field_validator("nnodes", mode="before")
+    @field_validator("nnodes", "poll_s", "timeout_s", mode="before")
     @classmethod
     def _whole_nodes(cls, value: Any) -> Any:
         return int(value) if isinstance(value, float) and value.is_integer() else value
@@ -164,6 +182,15 @@ class TrainParams(_Strict):
     def _null_is_off(cls, value: Any) -> Any:
         # `checkpoint_dir: null` (or --set train.checkpoint_dir=null) reads as "off" too.
         return "" if value is None else value
+
+    @model_validator(mode="after")
+    def _nodes_need_torch(self) -> TrainParams:
+        if self.distributed.nnodes > 1 and self.framework != "torch":
+            raise ValueError(f"distributed.nnodes is {self.distributed.nnodes}, but several "
+                             f"nodes train the torch backend only (framework is "
+                             f"{self.framework!r}): set train.framework=torch or "
+                             "train.distributed.nnodes=1")
+        return self
 
     def chosen_hyperparameters(self) -> dict[str, Any]:
         return dict(self.hyperparameters.get(self.estimator, {}))

@@ -373,3 +373,103 @@ def retrain_op(
         cv_metrics.log_metric(f"cv_{cv['metric']}_std", cv["std"])
         write_metrics_file(cv_metrics)
         return to_parameter(chosen)
+
+
+# ---- several nodes (train.distributed.nnodes > 1) ----------------------------------------
+# The train and retrain tasks of a pipeline compiled with nnodes > 1 (pipelines/training.py
+# picks these): the same adapters, whose fit runs as a Kubeflow Trainer TrainJob
+# (components/trainers/trainjob.py). kfp's driver forwards the task's profile to them
+# (dsl.TaskConfig) instead of applying it to the task's own pod, which only stages the data
+# in the run's workspace, watches the job and records the model: the nodes get the GPUs.
+# Env and volumes (the workspace) stay on the task too. A default pipeline uses train_op
+# and retrain_op, so its IR does not change.
+_cluster_component = dsl.component(
+    base_image="python:3.11", install_kfp_package=False,
+    task_config_passthroughs=[
+        dsl.TaskConfigField.RESOURCES,
+        dsl.TaskConfigField.KUBERNETES_NODE_SELECTOR,
+        dsl.TaskConfigField.KUBERNETES_TOLERATIONS,
+        dsl.TaskConfigPassthrough(field=dsl.TaskConfigField.ENV, apply_to_task=True),
+        dsl.TaskConfigPassthrough(field=dsl.TaskConfigField.KUBERNETES_VOLUMES,
+                                  apply_to_task=True),
+    ],
+)
+
+
+@_cluster_component
+def train_nodes_op(
+    train: Input[Dataset],
+    val: Input[Dataset],
+    rules: str,
+    workspace_path: str,
+    shm_size: str,
+    model: Output[Model],
+    cv_metrics: Output[Metrics],
+    task_config: dsl.TaskConfig,
+):
+    """train_op whose final fit is a TrainJob of ``train.distributed.nnodes`` nodes.
+
+    ``workspace_path`` is kfp's workspace placeholder (the run's shared volume);
+    ``shm_size`` the profile's ``/dev/shm`` for each node; ``task_config`` what kfp
+    forwarded of the task's profile.
+    """
+    from components.kfp_support import reporting_errors
+
+    with reporting_errors("train"):
+        from components.config import section
+        from components.kfp_support import write_metrics_file
+        from components.stages import running_image
+        from components.train import train as train_core
+        from components.trainers.trainjob import task_fit
+
+        settings = section("train", rules)
+        fit = task_fit("train", settings.distributed, workspace_path, task_config, shm_size)
+        record = train_core(train.path, val.path, model.path, settings, fit=fit)
+        model.metadata.update(framework=record["framework"], estimator=record["estimator"],
+                              device=record["device"], image=running_image() or "")
+        cv = record["cv"]
+        cv_metrics.log_metric(f"cv_{cv['metric']}_mean", cv["mean"])
+        cv_metrics.log_metric(f"cv_{cv['metric']}_std", cv["std"])
+        if "val_score" in record:
+            cv_metrics.log_metric(f"val_{cv['metric']}", record["val_score"])
+        write_metrics_file(cv_metrics)
+
+
+@_cluster_component
+def retrain_nodes_op(
+    train: Input[Dataset],
+    val: Input[Dataset],
+    rules: str,
+    tuning: Input[Artifact],
+    workspace_path: str,
+    shm_size: str,
+    model: Output[Model],
+    cv_metrics: Output[Metrics],
+    task_config: dsl.TaskConfig,
+) -> str:
+    """retrain_op whose final fit is a TrainJob of ``train.distributed.nnodes`` nodes
+    (arguments as train_nodes_op's)."""
+    from components.kfp_support import reporting_errors
+
+    with reporting_errors("retrain"):
+        from components.config import section, to_parameter
+        from components.io import read_json
+        from components.kfp_support import write_metrics_file
+        from components.stages import running_image
+        from components.train import train as train_core
+        from components.trainers.trainjob import task_fit
+        from components.tune import trial_rules
+
+        results = read_json(tuning.path)
+        chosen = trial_rules(section("train", rules), results["best"])
+        fit = task_fit("retrain", chosen.distributed, workspace_path, task_config, shm_size)
+        record = train_core(train.path, val.path, model.path, chosen, merge_val=True,
+                            tuning=results, fit=fit)
+        model.metadata.update(framework=record["framework"], estimator=record["estimator"],
+                              device=record["device"], trial=results["best"]["trial"],
+                              image=running_image() or "")
+        cv = record["cv"]
+        cv_metrics.log_metric(f"cv_{cv['metric']}_mean", cv["mean"])
+        cv_metrics.log_metric(f"cv_{cv['metric']}_std", cv["std"])
+        write_metrics_file(cv_metrics)
+        return to_parameter(chosen)

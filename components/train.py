@@ -91,7 +91,7 @@ def train(
         fit: how the final fit runs, ``fit(trainer, x, y, x_val, y_val)`` returning the
             fitted trainer; None: in this process or, with ``train.distributed``, as
             torchrun processes on this node. On a cluster, several nodes:
-            :func:`pipelines.trainjob.cluster_fit`.
+            :func:`components.trainers.trainjob.cluster_fit`.
     """
     train_df, meta = read_table(train_path)
     val_df, _ = read_table(val_path)

@@ -78,7 +78,10 @@ def score_trial(
                           rules.chosen_hyperparameters(), rules.seed,
                           image_shape=meta.get("image_shape"))
     cv = trainer.cross_validate(x, y, rules.cv_folds)
-    trainer = distributed.fit(trainer, x, y, x_val, y_val, rules.distributed)
+    # A trial fits in its own task on one node (nproc_per_node processes); only the final
+    # fit of a pipeline compiled with nnodes > 1 spans several nodes.
+    one_node = rules.distributed.model_copy(update={"nnodes": 1})
+    trainer = distributed.fit(trainer, x, y, x_val, y_val, one_node)
     score = accuracy_score if task == "classification" else r2_score
     return {
         **trial,

@@ -79,7 +79,11 @@ def _check_trainers(params: Params, pipeline: str) -> None:
 
 def _preflight(params: Params, pipeline: str) -> None:
     """Fail before starting any task when the data file is not there, or the model to train
-    (for tuning: a trial) names a model or setting its backend does not have."""
+    (for tuning: a trial) names a model or setting its backend does not have, or several
+    nodes are asked of a local run."""
+    from pipelines.trainjob import refuse_local_run
+
+    refuse_local_run(params)
     _check_trainers(params, pipeline)
     path = getattr(params.dataset_spec, "path", None)
     # data tracked by DVC but not here: the ingest task fetches it from the DVC remote

@@ -91,6 +91,7 @@ class Wiring:
     def __init__(self, params: Params, values: dict[str, Any]) -> None:
         self.params, self.values = params, values
         self.tasks: dict[str, dsl.PipelineTask] = {}
+        self.nodes = SeveralNodes(params)
 
     def add(self, key: str, **given: Any) -> dsl.PipelineTask:
         stage = stages.stage(key)
@@ -103,7 +104,11 @@ class Wiring:
 
     def _add(self, stage: stages.Stage, given: dict[str, Any]) -> dsl.PipelineTask:
         args = {}
-        for name in stage.component().component_spec.inputs or {}:
+        component = self.nodes.component(stage)
+        given = {**self.nodes.inputs(stage), **given}
+        for name, spec in (component.component_spec.inputs or {}).items():
+            if spec.type == "TaskConfig":  # kfp's driver fills it in (SeveralNodes)
+                continue
             if name in given:
                 args[name] = given[name]
             elif name in stage.takes:
@@ -111,7 +116,8 @@ class Wiring:
                 args[name] = self.tasks[source].outputs[output]
             else:
                 args[name] = self.values[stage.section if name == "rules" else name]
-        task = stage_settings(stage.component()(**args), stage.key, self.params)
+        task = self.nodes.settle(stage_settings(component(**args), stage.key, self.params),
+                                 stage)
         for key in stage.after:
             task.after(self.tasks[key])
         self.tasks[stage.key] = task
@@ -120,12 +126,69 @@ class Wiring:
         return task
 
 
+class SeveralNodes:
+    """What ``train.distributed.nnodes`` > 1 changes in a pipeline: its train and retrain
+    tasks run the ``*_nodes_op`` variants of their components (their fit is a Kubeflow
+    Trainer TrainJob, :mod:`components.trainers.trainjob`), which take the run's workspace
+    (``dsl.WORKSPACE_PATH_PLACEHOLDER``), the profile's ``/dev/shm`` for the nodes and,
+    through kfp's task-config passthroughs, the rest of the task's profile; and the pipeline
+    asks kfp for that workspace (:meth:`pipeline_config`). With one node nothing changes:
+    the compiled IR is the same as without this class.
+    """
+
+    OPS = {"train": "train_nodes_op", "retrain": "retrain_nodes_op"}
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+        self.on = params.train.distributed.nnodes > 1
+
+    def component(self, stage: stages.Stage) -> Any:
+        if self.on and stage.key in self.OPS:
+            from components import kfp_components
+
+            return getattr(kfp_components, self.OPS[stage.key])
+        return stage.component()
+
+    def inputs(self, stage: stages.Stage) -> dict[str, Any]:
+        if not (self.on and stage.key in self.OPS):
+            return {}
+        shm = self.params.kfp.profile_for(stage.key)[1].shm_size or ""
+        return {"workspace_path": dsl.WORKSPACE_PATH_PLACEHOLDER, "shm_size": shm}
+
+    def settle(self, task: dsl.PipelineTask, stage: stages.Stage) -> dsl.PipelineTask:
+        """The variant's code version also covers the TrainJob's code (its body imports
+        it; the stage graph's version follows the stage's own component)."""
+        if self.on and stage.key in self.OPS:
+            import hashlib
+
+            digest = hashlib.sha256(stages.code_version(stage.key).encode())
+            for path in stages.source_files("components.trainers.trainjob"):
+                digest.update(path.read_bytes())
+            task.set_env_variable(stages.CODE_VERSION_ENV, digest.hexdigest()[:16])
+        return task
+
+    def pipeline_config(self) -> dsl.PipelineConfig | None:
+        """The run's workspace: a PersistentVolumeClaim kfp creates per run and mounts in
+        the task at ``/kfp-workspace``; the TrainJob's nodes mount the same claim, so it
+        must be ReadWriteMany (``train.distributed.storage_class``)."""
+        if not self.on:
+            return None
+        dist = self.params.train.distributed
+        patch: dict[str, Any] = {"accessModes": ["ReadWriteMany"]}
+        if dist.storage_class:
+            patch["storageClassName"] = dist.storage_class
+        return dsl.PipelineConfig(workspace=dsl.WorkspaceConfig(
+            size=dist.workspace_size,
+            kubernetes=dsl.KubernetesWorkspaceConfig(pvcSpecPatch=patch)))
+
+
 def build(params: Params) -> Callable:
     """The ``training`` pipeline function with defaults from ``params``."""
     d = pipeline_defaults(params)
     dvc = dvc_defaults(params)
 
-    @dsl.pipeline(name="training", description=DESCRIPTION)
+    @dsl.pipeline(name="training", description=DESCRIPTION,
+                  pipeline_config=SeveralNodes(params).pipeline_config())
     def training(
         dataset_name: str = params.dataset,
         dataset: str = d["dataset"],

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from kfp import dsl
 
 from components.config import Params
-from pipelines.training import Wiring, dvc_defaults, pipeline_defaults
+from pipelines.training import SeveralNodes, Wiring, dvc_defaults, pipeline_defaults
 
 DESCRIPTION = (
     "Slipway tuning: ingest, validate, split and preprocess a DVC-versioned dataset; score "
@@ -27,7 +27,8 @@ def build(params: Params) -> Callable:
     d = pipeline_defaults(params)
     dvc = dvc_defaults(params)
 
-    @dsl.pipeline(name="tuning", description=DESCRIPTION)
+    @dsl.pipeline(name="tuning", description=DESCRIPTION,
+                  pipeline_config=SeveralNodes(params).pipeline_config())
     def tuning(
         dataset_name: str = params.dataset,
         dataset: str = d["dataset"],

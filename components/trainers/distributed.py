@@ -53,9 +53,12 @@ def world_size(nproc_per_node: int | str, nnodes: int = 1) -> int:
     if nnodes > 1:
         raise SlipwayError(
             f"train.distributed.nnodes is {nnodes}: several nodes run on a cluster only, as a "
-            "Kubeflow Trainer TrainJob (pipelines/trainjob.py), not in a local fit",
-            "set train.distributed.nnodes=1 for a local run, or submit the pipeline to a "
-            "cluster",
+            "Kubeflow Trainer TrainJob (components/trainers/trainjob.py) from a pipeline "
+            "compiled for it, not in a fit of this process",
+            "set train.distributed.nnodes=1, or upload the pipeline compiled with "
+            "train.distributed.nnodes > 1 (set it in params.yaml, or make upload SET=...) and "
+            "run that: a pipeline compiled with nnodes=1 cannot be given more nodes when it "
+            "runs",
         )
     import torch
 
