@@ -33,7 +33,7 @@ import re
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -240,7 +240,7 @@ def test_the_local_runner_resolves_the_creation_time_for_the_run_only(tmp_path, 
 
     monkeypatch.setenv(pushgateway.URL_ENV, "http://pg:9091")
     spec = build(load_params(REPO / "params.yaml")).pipeline_spec
-    when = datetime(2026, 12, 2, 10, 0, 0, 250000, tzinfo=timezone.utc)
+    when = datetime(2026, 12, 2, 10, 0, 0, 250000, tzinfo=UTC)
 
     def created() -> str:
         return spec.root.dag.tasks[run_metrics.REPORT_TASK].inputs.parameters[
@@ -394,7 +394,7 @@ def test_the_compiled_exit_task_pushes_as_on_a_cluster(tmp_path, monkeypatch, ga
         return json.loads((out_dir / "executor_output.json").read_text())[
             "parameterValues"]["Output"]
 
-    created = datetime.fromtimestamp(time.time() - 600, timezone.utc)
+    created = datetime.fromtimestamp(time.time() - 600, UTC)
     said = run_exit_task("FAILED", created.isoformat().replace("+00:00", "Z"),
                          {"code": 9, "message": "task validate-op failed"})
     assert said.startswith(f"pushed to {gateway.url}") and "last run failed" in said
