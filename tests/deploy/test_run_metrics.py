@@ -12,7 +12,8 @@ Slow tests (a real ``prometheus-pushgateway`` from Debian, ``make deploy-tools``
 * ``python -m pipelines run training`` under the real kfp.local runner, three times into one
   Pushgateway - a run that packages a model, a run whose gate rejects the model (the data
   stages reused from the cache push nothing), a run whose validate task fails - and what
-  the Pushgateway holds after each, group by group (its ``/api/v1/metrics``);
+  the Pushgateway holds after each, group by group (its ``/api/v1/metrics``); and
+  ``python -m pipelines run tuning`` (two trials in a ParallelFor);
 * the exit task of the compiled IR run as a KFP backend runs it. No KFP backend runs here
   (it needs a Kubernetes cluster): the test takes the task's container command, arguments
   and environment from the compiled YAML - the object a cluster runs - and gives it the
@@ -281,11 +282,11 @@ def gateway(tmp_path):
     gw.stop()
 
 
-def _run(workdir: Path, gw, *sets: str, expect: int) -> str:
+def _run(workdir: Path, gw, *sets: str, expect: int, pipeline: str = "training") -> str:
     args = [a for s in [*FAST, *sets] for a in ("--set", s)]
     env = {**os.environ, pushgateway.URL_ENV: gw.url, "PYTHONPATH": str(REPO),
            "BENTOML_HOME": str(workdir / "bentoml")}
-    proc = subprocess.run([sys.executable, "-m", "pipelines", "run", "training", *args],
+    proc = subprocess.run([sys.executable, "-m", "pipelines", "run", pipeline, *args],
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == expect, out[-4000:]
@@ -363,6 +364,27 @@ def test_local_runs_push_from_their_tasks_success_rejection_failure(tmp_path, ga
     validate = ("training", model, "validate")
     assert _value(groups[validate], "push_time_seconds") > pushed[validate]  # failed, timed
     assert len(groups) == 1 + len(stages)  # bounded: three runs, the same groups
+
+
+@pytest.mark.slow
+def test_a_local_tuning_run_pushes_from_its_parallel_trials(tmp_path, gateway):
+    """The tuning pipeline: a ParallelFor and dsl.Collected inside the exit handler, under
+    kfp.local; two trials push into the one ``trial`` group (the last to end stays)."""
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    space = "[{estimator: logistic_regression, hyperparameters: {C: [0.1, 10.0]}}]"
+    out = _run(tmp_path, gateway, "dataset=iris", "tune.method=grid",
+               f"tune.search_space={space}", expect=0, pipeline="tuning")
+    assert "trials: 2 to run" in out and "last run succeeded" in out
+    model = load_params(REPO / "params.yaml", ["dataset=iris"]).model_name()
+    groups = _groups(gateway)
+    stages = PIPELINE_STAGES["tuning"]
+    assert set(groups) == {("tuning", model, None)} | {("tuning", model, s) for s in stages}
+    assert _value(groups[("tuning", model, "trial")],
+                  "slipway_pipeline_stage_duration_seconds", stage="trial") > 0
+    facts = groups[("tuning", model, None)]
+    assert _value(facts, "slipway_pipeline_last_run_success") == 1
+    assert _value(facts, "slipway_pipeline_test_metric", metric="accuracy") > 0.5
+    assert len(facts["slipway_pipeline_model_info"]) == 1
 
 
 @pytest.mark.slow
