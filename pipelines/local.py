@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from components.config import Params
 from components.stages import STAGES, by_task
-from pipelines.run_metrics import REPORT_TASK, created_now
+from pipelines.run_metrics import REPORT_TASK, REPORT_TITLE, created_now
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
@@ -92,7 +92,8 @@ class _ConsoleFilter(io.TextIOBase):
             self.started[m.group(1)].append(time.perf_counter())
             self.executed.append(m.group(1))
             stage = by_task(m.group(1))
-            title = f" · {stage.title}" if stage else ""
+            title = (f" · {stage.title}" if stage else
+                     f" · {REPORT_TITLE}" if m.group(1) == REPORT_TASK else "")
             self.terminal.write(f"  ▸ {m.group(1)}{title}\n")
         elif m := _END.search(line):
             name, state = m.groups()

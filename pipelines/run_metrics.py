@@ -63,6 +63,7 @@ from components import pushgateway
 ENV_VAR = pushgateway.URL_ENV
 JOB = pushgateway.JOB
 REPORT_TASK = "report-op"  # kfp's name for the exit task (its folder in a local run)
+REPORT_TITLE = "Push run metrics"  # its display name
 
 
 def pushgateway_url(configured: str | None, environ: Mapping[str, str] | None = None) -> str | None:
@@ -100,7 +101,8 @@ def reported(params: Any, pipeline: str, wiring: Any) -> Iterator[None]:
     except ValueError as err:
         from components.errors import SlipwayError
 
-        raise SlipwayError(str(err), f"set {ENV_VAR}= (empty) for no push") from None
+        raise SlipwayError(str(err), f"or unset {ENV_VAR} to use monitoring.pushgateway "
+                                     "from params.yaml") from None
     if url is None:
         yield
         return
@@ -112,7 +114,7 @@ def reported(params: Any, pipeline: str, wiring: Any) -> Iterator[None]:
 
     env = task_env(url, pipeline, params.model_name())
     report = report_op(created=dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER)
-    report.set_display_name("Push run metrics")
+    report.set_display_name(REPORT_TITLE)
     report.set_container_image(image_for("stages", params))
     report.set_caching_options(False)
     profiles.apply(report, params.kfp.profile_for("report")[1])

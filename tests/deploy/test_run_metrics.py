@@ -236,6 +236,14 @@ def test_without_a_pushgateway_the_ir_has_no_trace_of_it(tmp_path, monkeypatch):
         (tmp_path / "plain" / "training.yaml").read_text()
 
 
+def test_a_bad_address_in_the_environment_stops_the_build(tmp_path, monkeypatch):
+    monkeypatch.setenv(pushgateway.URL_ENV, "pushgateway:9091")
+    with pytest.raises(SlipwayError, match="SLIPWAY_PUSHGATEWAY='pushgateway:9091' is not an "
+                                           "http") as err:
+        compile_all(load_params(REPO / "params.yaml"), tmp_path, ["training"])
+    assert "unset SLIPWAY_PUSHGATEWAY" in err.value.fix
+
+
 def test_the_local_runner_resolves_the_creation_time_for_the_run_only(tmp_path, monkeypatch):
     from pipelines.training import build
 
