@@ -11,7 +11,9 @@ and are validated by :func:`components.config.section`: a kfp ``dict`` parameter
 through a protobuf Struct, which sorts keys, drops nulls and turns every int into a float.
 
 A :class:`~components.errors.SlipwayError` raised by a core is reported by
-:func:`components.kfp_support.fail` as one clear line before the task exits non-zero.
+:func:`components.kfp_support.reporting_errors` as one clear line before the task exits
+non-zero; the same context pushes the stage's run metrics when the pipeline was compiled
+with a Pushgateway (:mod:`components.pushgateway`; :func:`report_op` is the exit task).
 """
 
 from kfp import dsl
@@ -135,19 +137,11 @@ def train_op(
 
     with reporting_errors("train"):
         from components.config import section
-        from components.kfp_support import write_metrics_file
-        from components.stages import running_image
+        from components.kfp_support import record_fit
         from components.train import train as train_core
 
         record = train_core(train.path, val.path, model.path, section("train", rules))
-        model.metadata.update(framework=record["framework"], estimator=record["estimator"],
-                              device=record["device"], image=running_image() or "")
-        cv = record["cv"]
-        cv_metrics.log_metric(f"cv_{cv['metric']}_mean", cv["mean"])
-        cv_metrics.log_metric(f"cv_{cv['metric']}_std", cv["std"])
-        if "val_score" in record:
-            cv_metrics.log_metric(f"val_{cv['metric']}", record["val_score"])
-        write_metrics_file(cv_metrics)
+        record_fit(record, model, cv_metrics)
 
 
 @_component
@@ -163,13 +157,15 @@ def evaluate_op(
     """Score on the test split; write metrics, plots and the HTML and Markdown reports."""
     from components.kfp_support import reporting_errors
 
-    with reporting_errors("evaluate"):
+    with reporting_errors("evaluate") as run_metrics:
         import shutil
 
+        from components import pushgateway
         from components.evaluate import evaluate, write_outputs
         from components.kfp_support import write_metrics_file
 
         result = evaluate(model.path, test.path)
+        run_metrics.add(pushgateway.evaluated, result["metrics"])
         paths = write_outputs(result, evaluation.path)
         shutil.copyfile(paths["report"], report.path)
         shutil.copyfile(paths["summary"], summary.path)
@@ -198,9 +194,10 @@ def gate_op(
     """
     from components.kfp_support import reporting_errors
 
-    with reporting_errors("gate"):
+    with reporting_errors("gate") as run_metrics:
         from pathlib import Path
 
+        from components import pushgateway
         from components.config import section
         from components.gate import decide
         from components.io import read_json, write_text
@@ -212,6 +209,7 @@ def gate_op(
         write_text(decision.path, f"# Gate: {'passed' if verdict.passed else 'REJECTED'}\n\n"
                                   f"{verdict.reason}\n")
         decision.metadata.update(verdict.as_dict())
+        run_metrics.add(pushgateway.gated, verdict.as_dict())
         print(f"gate: {'passed' if verdict.passed else 'REJECTED'}: {verdict.reason}")
         return verdict.passed
 
@@ -243,9 +241,10 @@ def package_op(
     """
     from components.kfp_support import reporting_errors
 
-    with reporting_errors("package"):
+    with reporting_errors("package") as run_metrics:
         from pathlib import Path
 
+        from components import pushgateway
         from components.config import from_parameter
         from components.package import package
         from components.package import register as register_version
@@ -273,6 +272,9 @@ def package_op(
 
             model_version.metadata["dvc"] = push(model_version.path,
                                                  from_parameter(dvc_remote))
+        run_metrics.add(pushgateway.packaged, lineage["version"], dataset_name,
+                        lineage["dataset"]["md5"], lineage["framework"],
+                        model.metadata.get("estimator", ""))
 
 
 # ---- tuning ------------------------------------------------------------------------------
@@ -355,7 +357,7 @@ def retrain_op(
     with reporting_errors("retrain"):
         from components.config import section, to_parameter
         from components.io import read_json
-        from components.kfp_support import write_metrics_file
+        from components.kfp_support import record_fit
         from components.train import train as train_core
         from components.tune import trial_rules
 
@@ -363,15 +365,7 @@ def retrain_op(
         chosen = trial_rules(section("train", rules), results["best"])
         record = train_core(train.path, val.path, model.path, chosen, merge_val=True,
                             tuning=results)
-        from components.stages import running_image
-
-        model.metadata.update(framework=record["framework"], estimator=record["estimator"],
-                              device=record["device"], trial=results["best"]["trial"],
-                              image=running_image() or "")
-        cv = record["cv"]
-        cv_metrics.log_metric(f"cv_{cv['metric']}_mean", cv["mean"])
-        cv_metrics.log_metric(f"cv_{cv['metric']}_std", cv["std"])
-        write_metrics_file(cv_metrics)
+        record_fit(record, model, cv_metrics, trial=results["best"]["trial"])
         return to_parameter(chosen)
 
 
@@ -417,22 +411,14 @@ def train_nodes_op(
 
     with reporting_errors("train"):
         from components.config import section
-        from components.kfp_support import write_metrics_file
-        from components.stages import running_image
+        from components.kfp_support import record_fit
         from components.train import train as train_core
         from components.trainers.trainjob import task_fit
 
         settings = section("train", rules)
         fit = task_fit("train", settings.distributed, workspace_path, task_config, shm_size)
         record = train_core(train.path, val.path, model.path, settings, fit=fit)
-        model.metadata.update(framework=record["framework"], estimator=record["estimator"],
-                              device=record["device"], image=running_image() or "")
-        cv = record["cv"]
-        cv_metrics.log_metric(f"cv_{cv['metric']}_mean", cv["mean"])
-        cv_metrics.log_metric(f"cv_{cv['metric']}_std", cv["std"])
-        if "val_score" in record:
-            cv_metrics.log_metric(f"val_{cv['metric']}", record["val_score"])
-        write_metrics_file(cv_metrics)
+        record_fit(record, model, cv_metrics)
 
 
 @_cluster_component
@@ -454,8 +440,7 @@ def retrain_nodes_op(
     with reporting_errors("retrain"):
         from components.config import section, to_parameter
         from components.io import read_json
-        from components.kfp_support import write_metrics_file
-        from components.stages import running_image
+        from components.kfp_support import record_fit
         from components.train import train as train_core
         from components.trainers.trainjob import task_fit
         from components.tune import trial_rules
@@ -465,11 +450,20 @@ def retrain_nodes_op(
         fit = task_fit("retrain", chosen.distributed, workspace_path, task_config, shm_size)
         record = train_core(train.path, val.path, model.path, chosen, merge_val=True,
                             tuning=results, fit=fit)
-        model.metadata.update(framework=record["framework"], estimator=record["estimator"],
-                              device=record["device"], trial=results["best"]["trial"],
-                              image=running_image() or "")
-        cv = record["cv"]
-        cv_metrics.log_metric(f"cv_{cv['metric']}_mean", cv["mean"])
-        cv_metrics.log_metric(f"cv_{cv['metric']}_std", cv["std"])
-        write_metrics_file(cv_metrics)
+        record_fit(record, model, cv_metrics, trial=results["best"]["trial"])
         return to_parameter(chosen)
+
+
+# ---- run metrics -------------------------------------------------------------------------
+
+
+@_component
+def report_op(status: dsl.PipelineTaskFinalStatus, created: str) -> str:
+    """The exit task of a pipeline compiled with a Pushgateway: push the run's end, its
+    final state and its duration (``created``: the pipeline job's creation time, from
+    ``dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER``). Returns where they went."""
+    from components.pushgateway import push_run
+
+    said = push_run(status.state, created)
+    print(f"run metrics: {said}")
+    return said

@@ -130,6 +130,8 @@ def _print_summary(result, out=sys.stdout) -> None:
         w(f"  files          {_shown(v['path'])}\n")
     if report := s.get("report"):
         w(f"  report         {_shown(report)}\n")
+    if said := s.get("run_metrics"):  # the exit task's, when a Pushgateway was compiled in
+        w(f"  run metrics    {said}\n")
     if result.failed_tasks:
         w(f"  failed task    {', '.join(result.failed_tasks)} (its error is above)\n")
     w(f"  full log       {_shown(result.log)}\n")
@@ -182,8 +184,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = local.run(pipeline, params, arguments, cache=args.cache,
                        runner=args.runner)
     _print_summary(result)
-    from pipelines.run_metrics import push_after_run  # monitoring: Pushgateway, if configured
-    push_after_run(result, params)
     if args.cache:
         print(f"  cache          {len(result.summary['executed'])} task(s) executed, "
               f"{len(result.summary['reused'])} reused from earlier runs (CACHE=0: none)")

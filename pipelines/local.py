@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 from components.config import Params
 from components.stages import STAGES, by_task
+from pipelines.run_metrics import REPORT_TASK, REPORT_TITLE, created_now
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
@@ -91,7 +92,8 @@ class _ConsoleFilter(io.TextIOBase):
             self.started[m.group(1)].append(time.perf_counter())
             self.executed.append(m.group(1))
             stage = by_task(m.group(1))
-            title = f" · {stage.title}" if stage else ""
+            title = (f" · {stage.title}" if stage else
+                     f" · {REPORT_TITLE}" if m.group(1) == REPORT_TASK else "")
             self.terminal.write(f"  ▸ {m.group(1)}{title}\n")
         elif m := _END.search(line):
             name, state = m.groups()
@@ -185,7 +187,18 @@ def read_summary(run_dir: Path, reused: dict[str, Path] | None = None) -> dict[s
     version = outputs(STAGES["package"].task).get("model_version")
     if version and version.get("metadata"):
         out["model_version"] = {**version["metadata"], "path": version["uri"]}
+    if said := _task_parameter(run_dir, REPORT_TASK, "Output"):
+        out["run_metrics"] = said  # the exit task's answer (pipelines/run_metrics.py)
     return out
+
+
+def _task_parameter(run_dir: Path, task: str, name: str) -> Any:
+    """A parameter output of a task that ran in this run (never cached), or None."""
+    path = run_dir / task / "executor_output.json"
+    try:
+        return json.loads(path.read_text()).get("parameterValues", {}).get(name)
+    except (OSError, ValueError):
+        return None
 
 
 def arguments(params: Params, data_root: str | Path, code_dir: str | Path,
@@ -291,7 +304,10 @@ def _run(pipeline_func: Any, params: Params, arguments: dict[str, Any], terminal
                 # kfp.local warns per task that image, display name and caching settings do
                 # not apply locally; the CLI says so once, up front.
                 warnings.simplefilter("ignore")
-                pipeline_func(**arguments)
+                # The run's creation time, resolved as a KFP backend resolves it (kfp.local
+                # 2.17 fails on that placeholder): the exit task's run duration starts there.
+                with created_now(pipeline_func.pipeline_spec):
+                    pipeline_func(**arguments)
         except RuntimeError as err:
             ok = False
             log.write(f"\n{err}\n")

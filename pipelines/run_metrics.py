@@ -1,49 +1,69 @@
-"""Push a pipeline run's metrics to a Prometheus Pushgateway.
+"""Pipeline run metrics: the pipeline itself pushes them to a Prometheus Pushgateway.
 
-After every run (``python -m pipelines run ...`` calls :func:`push_after_run`), when a
-Pushgateway is configured (``monitoring.pushgateway`` in params.yaml, or the environment
-variable ``SLIPWAY_PUSHGATEWAY``, which wins), the run's facts are pushed under the group
-``job="slipway_pipeline", pipeline=<name>, model_name=<model>``. No run id is a label, so the
-number of series stays bounded: one group per pipeline and model, each push replacing the
-values of the metrics it carries.
+When a Pushgateway is configured at compile time (``monitoring.pushgateway`` in
+params.yaml, or the environment variable ``SLIPWAY_PUSHGATEWAY``, which wins; empty: none),
+the ``training`` and ``tuning`` pipelines are built with :func:`reported`: every task gets
+the Pushgateway's URL and the group (pipeline name, model name) as environment variables,
+and the whole body runs inside ``dsl.ExitHandler`` of an exit task (``report_op``). So the
+same compiled pipeline pushes from its own tasks wherever it runs: kfp.local
+(``python -m pipelines run``) or a Kubeflow cluster (``python -m pipelines compile``,
+``upload``, ``submit``, ``schedule``). Without a Pushgateway the pipelines compile exactly
+as before: no exit task, no extra environment.
 
-* ``slipway_pipeline_last_run_timestamp_seconds`` - when the last run ended;
-* ``slipway_pipeline_last_run_success`` - 1 if it succeeded (every task ran and, where a gate
-  ran, the gate passed), else 0;
-* ``slipway_pipeline_last_success_timestamp_seconds`` - when the last successful run ended
-  (pushed only by successful runs: a failed run leaves the earlier value in place, which
-  is what the "training stale" alert reads);
-* ``slipway_pipeline_run_duration_seconds`` - the last run's wall time;
-* ``slipway_pipeline_stage_duration_seconds{stage}`` - each task's wall time in that run
-  (a ParallelFor's iterations: first start to last end); tasks served by the cache are
-  absent;
-* ``slipway_pipeline_test_metric{metric}`` - the evaluated model's test metrics;
-* ``slipway_pipeline_gate_passed`` (1/0) and ``slipway_pipeline_gate_threshold{metric}``;
-* ``slipway_pipeline_model_info{model_version, dataset, dataset_md5, framework, estimator}``
-  - 1, for the model the last successful run packaged.
+What is pushed, by whom (:data:`components.pushgateway.METRICS`), under the group
+``job="slipway_pipeline", pipeline=<name>, model_name=<model>``:
 
-The push uses ``pushadd`` (HTTP POST): metrics this run does not carry (the gate, when the
-run failed before it) keep the value of an earlier run. A push that fails is reported on
-stderr and never fails the run.
+* each stage, from its body (``components.kfp_support.reporting_errors``), when it ends,
+  succeeded or not: ``slipway_pipeline_stage_duration_seconds`` - the wall time of its
+  body (not the process start or kfp's executor around it), in a group of its own that
+  adds ``stage=<stage key>`` (a POST replaces every series of a metric name within its
+  group: one shared group would keep only the last stage's time). A ParallelFor stage
+  (``trial``) pushes once per iteration into the same group: it holds the iteration that
+  ended last. A task served from the cache does not run, so it pushes nothing and the
+  series keeps the time of the run that last ran it;
+* evaluate: ``slipway_pipeline_test_metric{metric}`` - the evaluated model's test metrics;
+* gate: ``slipway_pipeline_gate_passed`` (1/0) and ``slipway_pipeline_gate_threshold{metric}``;
+* package (only when the gate passed and packaging succeeded):
+  ``slipway_pipeline_last_success_timestamp_seconds`` - when the last successful run packaged
+  its model (a failed or rejected run leaves it in place, which is what the "training
+  stale" alert reads) and ``slipway_pipeline_model_info{model_version, dataset,
+  dataset_md5, framework, estimator}`` - 1, for that model version;
+* the exit task, after every other task, whatever their outcome:
+  ``slipway_pipeline_last_run_timestamp_seconds`` (when the run ended),
+  ``slipway_pipeline_last_run_success`` (1 if the run's final state is SUCCEEDED, else 0;
+  a gate rejection is a successful run, ``slipway_pipeline_gate_passed`` 0 says it) and
+  ``slipway_pipeline_run_duration_seconds`` (from the pipeline job's creation,
+  ``dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER``, which a KFP backend resolves when it
+  creates the run; kfp.local 2.17 fails on it, so ``pipelines/local.py`` resolves it the
+  same way before it starts the run, :func:`created_now`; a backend that leaves it
+  unresolved gets no duration, and the exit task says so).
+
+Every push is a POST (``pushadd``): metrics a run does not reach (the gate, when the run
+failed before it) keep the value of an earlier run. No label carries a run id, so the number
+of series stays bounded: one group per pipeline and model, plus one per stage. The group's
+``model_name`` is the compile-time value (``params.model_name()``) carried in the tasks'
+environment: a run that overrides the ``model_name`` pipeline parameter still pushes under
+the compiled one. A push that fails prints a warning on stderr and never fails the task or
+the run. The local CLI prints the exit task's answer as its summary's ``run metrics`` line.
 
     SLIPWAY_PUSHGATEWAY=http://127.0.0.1:9091 python -m pipelines run training
+    python -m pipelines compile --set monitoring.pushgateway=http://prometheus-pushgateway.monitoring:9091
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
-import sys
-import time
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Iterator, Mapping
+from datetime import UTC
 from typing import Any
 
-ENV_VAR = "SLIPWAY_PUSHGATEWAY"
-JOB = "slipway_pipeline"
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_LINE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) - \w+ - "
-                   r"(?:Executing task '([^']+)'|Task '([^']+)' finished with status \w+)")
+from components import pushgateway
+
+ENV_VAR = pushgateway.URL_ENV
+JOB = pushgateway.JOB
+REPORT_TASK = "report-op"  # kfp's name for the exit task (its folder in a local run)
+REPORT_TITLE = "Push run metrics"  # its display name
 
 
 def pushgateway_url(configured: str | None, environ: Mapping[str, str] | None = None) -> str | None:
@@ -59,141 +79,75 @@ def pushgateway_url(configured: str | None, environ: Mapping[str, str] | None = 
     return configured or None
 
 
-def stage_seconds_from_log(log: Path) -> dict[str, float]:
-    """Each task's wall time from a kfp.local run log (its lines carry HH:MM:SS.mmm).
-
-    A task that ran several times (ParallelFor iterations) spans its first start to its
-    last end. A run that crosses midnight is handled (times only go forward).
-    """
-    spans: dict[str, list[float]] = {}
-    last, day = None, 0.0
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return {}
-    for raw in lines:
-        m = _LINE.match(_ANSI.sub("", raw))
-        if not m:
-            continue
-        h, mi, s, ms = (int(x) for x in m.groups()[:4])
-        t = h * 3600 + mi * 60 + s + ms / 1000 + day
-        if last is not None and t < last - 1:
-            day += 86400
-            t += 86400
-        last = t
-        task = m.group(5) or m.group(6)
-        span = spans.setdefault(task, [t, t])
-        span[0], span[1] = min(span[0], t), max(span[1], t)
-    return {task: round(end - start, 3) for task, (start, end) in spans.items()
-            if end > start}
+def task_env(url: str, pipeline: str, model_name: str) -> dict[str, str]:
+    """The environment every task of a monitored pipeline gets."""
+    return {pushgateway.URL_ENV: url, pushgateway.PIPELINE_ENV: pipeline,
+            pushgateway.MODEL_ENV: model_name}
 
 
-def build_registry(pipeline: str, model_name: str, summary: Mapping[str, Any], ok: bool,
-                   seconds: float, stage_seconds: Mapping[str, float] | None = None,
-                   now: float | None = None):
-    """A fresh ``CollectorRegistry`` holding one run's metrics (see the module docstring).
+@contextlib.contextmanager
+def reported(params: Any, pipeline: str, wiring: Any) -> Iterator[None]:
+    """Inside a ``@dsl.pipeline`` function: the tasks added within are monitored when a
+    Pushgateway is configured (module docstring); otherwise nothing changes.
 
     Args:
-        pipeline: the pipeline's name (``training``, ``tuning``).
-        model_name: the model the pipeline builds (``params.model_name()``).
-        summary: the run's summary (``RunResult.summary``: dataset, model, metrics, gate,
-            model_version).
-        ok: whether every task succeeded.
-        seconds: the run's wall time.
-        stage_seconds: wall time by task name (empty or None: no stage metric).
-        now: the end of the run, in seconds since the epoch (default: now).
-    """
-    from prometheus_client import CollectorRegistry, Gauge
-
-    now = time.time() if now is None else now
-    reg = CollectorRegistry()
-
-    def gauge(name: str, doc: str, labels=()):
-        return Gauge(name, doc, list(labels), registry=reg)
-
-    gate = summary.get("gate") or {}
-    success = bool(ok) and bool(gate.get("passed", True))
-    gauge("slipway_pipeline_last_run_timestamp_seconds",
-          "When the last run of the pipeline ended.").set(now)
-    gauge("slipway_pipeline_last_run_success",
-          "1 if the last run succeeded (all tasks, and the gate where one ran), else 0."
-          ).set(1 if success else 0)
-    gauge("slipway_pipeline_run_duration_seconds",
-          "Wall time of the last run.").set(float(seconds))
-    if success:
-        gauge("slipway_pipeline_last_success_timestamp_seconds",
-              "When the last successful run ended.").set(now)
-    if stage_seconds:
-        g = gauge("slipway_pipeline_stage_duration_seconds",
-                  "Wall time of each task in the last run (cache hits absent).", ["stage"])
-        for stage, took in sorted(stage_seconds.items()):
-            g.labels(stage=stage).set(float(took))
-    if metrics := summary.get("metrics"):
-        g = gauge("slipway_pipeline_test_metric", "Test metrics of the last evaluated model.",
-                  ["metric"])
-        for name, value in sorted(metrics.items()):
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                g.labels(metric=name).set(float(value))
-    if gate:
-        gauge("slipway_pipeline_gate_passed",
-              "1 if the gate passed the last evaluated model, else 0."
-              ).set(1 if gate.get("passed") else 0)
-        if gate.get("metric") is not None and gate.get("threshold") is not None:
-            gauge("slipway_pipeline_gate_threshold", "The gate's threshold on its metric.",
-                  ["metric"]).labels(metric=str(gate["metric"])).set(float(gate["threshold"]))
-    version = summary.get("model_version") or {}
-    if success and version.get("version"):
-        dataset = summary.get("dataset") or {}
-        model = summary.get("model") or {}
-        gauge("slipway_pipeline_model_info",
-              "The model version the last successful run packaged (value always 1).",
-              ["model_version", "dataset", "dataset_md5", "framework", "estimator"]).labels(
-            model_version=str(version["version"]), dataset=str(dataset.get("name", "")),
-            dataset_md5=str(dataset.get("md5", "")),
-            framework=str(model.get("framework", "")),
-            estimator=str(model.get("estimator", ""))).set(1)
-    return reg
-
-
-def push(url: str, pipeline: str, model_name: str, registry, timeout: float = 10.0) -> None:
-    """POST the registry's metrics to the Pushgateway group of this pipeline and model."""
-    from prometheus_client import pushadd_to_gateway
-
-    pushadd_to_gateway(url, job=JOB, registry=registry, timeout=timeout,
-                       grouping_key={"pipeline": pipeline, "model_name": model_name})
-
-
-def push_after_run(result: Any, params: Any, environ: Mapping[str, str] | None = None,
-                   now: float | None = None) -> bool:
-    """Push a local run's metrics if a Pushgateway is configured; say what happened.
-
-    Args:
-        result: the run's ``pipelines.local.RunResult``.
-        params: the run's ``Params``.
-
-    Returns:
-        True if metrics were pushed, False if none is configured or the push failed (the
-        reason is printed on stderr; the run's own outcome is not changed).
+        params: the settings (``monitoring.pushgateway``, the model name, the images).
+        pipeline: the pipeline's name (the ``pipeline`` label).
+        wiring: the pipeline's ``pipelines.training.Wiring``: its tasks get the
+            environment when the block ends.
     """
     try:
-        url = pushgateway_url(params.monitoring.pushgateway, environ)
+        url = pushgateway_url(params.monitoring.pushgateway)
     except ValueError as err:
-        print(f"warning: run metrics not pushed: {err}", file=sys.stderr)
-        return False
-    if url is None:
-        return False
-    summary = result.summary or {}
-    stages = summary.get("task_seconds") or stage_seconds_from_log(Path(result.log))
-    model_name = params.model_name()
-    registry = build_registry(result.pipeline, model_name, summary, result.ok and
-                              not result.failed_tasks, result.seconds, stages, now)
-    try:
-        push(url, result.pipeline, model_name, registry)
-    except OSError as err:  # URLError, connection refused, timeout
-        print(f"warning: run metrics not pushed to {url}: {err} (is the Pushgateway up? "
-              f"set monitoring.pushgateway or {ENV_VAR}=)", file=sys.stderr)
-        return False
-    print(f"  run metrics    pushed to {url} (job {JOB}, pipeline {result.pipeline}, "
-          f"model_name {model_name})")
-    return True
+        from components.errors import SlipwayError
 
+        raise SlipwayError(str(err), f"or unset {ENV_VAR} to use monitoring.pushgateway "
+                                     "from params.yaml") from None
+    if url is None:
+        yield
+        return
+    from kfp import dsl
+
+    from components.kfp_components import report_op
+    from pipelines import profiles
+    from pipelines.training import image_for
+
+    env = task_env(url, pipeline, params.model_name())
+    report = report_op(created=dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER)
+    report.set_display_name(REPORT_TITLE)
+    report.set_container_image(image_for("stages", params))
+    report.set_caching_options(False)
+    profiles.apply(report, params.kfp.profile_for("report")[1])
+    with dsl.ExitHandler(report, name="monitored-run"):
+        yield
+    for task in {id(t): t for t in [report, *wiring.tasks.values()]}.values():
+        for name, value in env.items():
+            task.set_env_variable(name, value)
+
+
+@contextlib.contextmanager
+def created_now(pipeline_spec: Any, now: Any = None) -> Iterator[int]:
+    """Resolve ``dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER`` in a pipeline spec to the
+    time the run is created (now, RFC 3339 UTC), as a KFP backend does, for the length of
+    the block; then put the placeholder back. For kfp.local, which does not resolve it
+    (2.17 fails on it). Yields how many task inputs were resolved."""
+    from datetime import datetime
+
+    from kfp import dsl
+
+    placeholder = dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER
+    now = now or datetime.now(UTC)
+    stamp = now.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    dags = [pipeline_spec.root.dag, *(c.dag for c in pipeline_spec.components.values()
+                                      if c.HasField("dag"))]
+    found = [spec.runtime_value.constant for dag in dags for task in dag.tasks.values()
+             for spec in task.inputs.parameters.values()
+             if spec.HasField("runtime_value")
+             and spec.runtime_value.constant.string_value == placeholder]
+    for value in found:
+        value.string_value = stamp
+    try:
+        yield len(found)
+    finally:
+        for value in found:
+            value.string_value = placeholder

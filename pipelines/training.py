@@ -16,7 +16,7 @@ from kfp import dsl
 
 from components import stages
 from components.config import Params, to_parameter
-from pipelines import profiles
+from pipelines import profiles, run_metrics
 
 DESCRIPTION = (
     "Slipway training: ingest a DVC-versioned dataset, validate it, split it, fit "
@@ -231,7 +231,8 @@ def build(params: Params) -> Callable:
                 features, PSI), recorded in the lineage; "" for a run started by hand.
         """
         wiring = Wiring(params, dict(locals()))  # the parameters above, by name
-        for key in stages.PIPELINE_STAGES["training"]:
-            wiring.add(key)
+        with run_metrics.reported(params, "training", wiring):  # if a Pushgateway is set
+            for key in stages.PIPELINE_STAGES["training"]:
+                wiring.add(key)
 
     return training

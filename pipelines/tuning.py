@@ -13,6 +13,7 @@ from collections.abc import Callable
 from kfp import dsl
 
 from components.config import Params
+from pipelines import run_metrics
 from pipelines.training import SeveralNodes, Wiring, dvc_defaults, pipeline_defaults
 
 DESCRIPTION = (
@@ -76,16 +77,17 @@ def build(params: Params) -> Callable:
                 features, PSI), recorded in the lineage; "" for a run started by hand.
         """
         wiring = Wiring(params, dict(locals()))  # the parameters above, by name
-        for key in ("ingest", "validate", "split", "preprocess"):
-            wiring.add(key)
-        drawn = wiring.add("trials")
-        with dsl.ParallelFor(drawn.output, parallelism=params.tune.parallelism) as trial:
-            scored = wiring.add("trial", trial=trial)
-        wiring.add("select", results=dsl.Collected(scored.outputs["result"]))
-        fitted = wiring.add("retrain")
-        wiring.add("evaluate")
-        wiring.add("gate")
-        # The lineage records the settings the model was fitted with: the chosen trial's.
-        wiring.add("package", train=fitted.outputs["Output"])
+        with run_metrics.reported(params, "tuning", wiring):  # if a Pushgateway is set
+            for key in ("ingest", "validate", "split", "preprocess"):
+                wiring.add(key)
+            drawn = wiring.add("trials")
+            with dsl.ParallelFor(drawn.output, parallelism=params.tune.parallelism) as trial:
+                scored = wiring.add("trial", trial=trial)
+            wiring.add("select", results=dsl.Collected(scored.outputs["result"]))
+            fitted = wiring.add("retrain")
+            wiring.add("evaluate")
+            wiring.add("gate")
+            # The lineage records the settings the model was fitted with: the chosen trial's.
+            wiring.add("package", train=fitted.outputs["Output"])
 
     return tuning

@@ -120,11 +120,15 @@ TRAINING = [
     PanelSpec("Time since the last successful run", "stat", [
         (f"time() - max by (pipeline, model_name) "
          f"(slipway_pipeline_last_success_timestamp_seconds{{{TRAIN}}})",
-         "{{pipeline}} {{model_name}}")], unit="s", w=8, h=5),
+         "{{pipeline}} {{model_name}}")], unit="s", w=8, h=5,
+        description="Since the last run that packaged a model (its package task pushed the "
+                    "time). A failed run or a gate rejection leaves it in place."),
     PanelSpec("Last run", "stat", [
         (f"max by (pipeline, model_name) (slipway_pipeline_last_run_success{{{TRAIN}}})",
          "{{pipeline}} {{model_name}}")], w=8, h=5,
-        mappings={"1": "succeeded", "0": "failed"}),
+        mappings={"1": "succeeded", "0": "failed"},
+        description="The last run's final state, pushed by its exit task. A run whose gate "
+                    "rejected the model succeeded: see Gate decisions."),
     PanelSpec("Last packaged model", "table", [
         (f"max by (pipeline, model_name, model_version, dataset, framework, estimator) "
          f"(slipway_pipeline_model_info{{{TRAIN}}})", "{{model_version}}")], w=8, h=5),
@@ -133,7 +137,10 @@ TRAINING = [
         unit="s"),
     PanelSpec("Stage durations (last run)", "bargauge", [
         (f"max by (stage) (slipway_pipeline_stage_duration_seconds{{{TRAIN}}})", "{{stage}}")],
-        unit="s"),
+        unit="s",
+        description="Each stage's body, as its task pushed it the last time it ran: a task "
+                    "reused from the cache pushes nothing. A trial shows the one that ended "
+                    "last."),
     PanelSpec("Test metrics against the gate", "timeseries", [
         (f"slipway_pipeline_test_metric{{{TRAIN}}}", "{{metric}}"),
         (f"slipway_pipeline_gate_threshold{{{TRAIN}}}", "gate threshold ({{metric}})")],
