@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable, Iterable, Sized
 from concurrent.futures import Executor
 from typing import Any, Generic, TypeVar
@@ -31,17 +32,27 @@ class MicroBatcher(Generic[In, Out]):
     """Queue work items and run them in batches in an executor.
 
     Args:
-        run_batch: called in the executor with a list of items; returns one result per item
-            (same order). An exception fails every item of that batch.
+        run_batch: called with a list of items; returns one result per item (same order).
+            An exception fails every item of that batch.
         executor: where ``run_batch`` runs (one thread: the model is called serially).
         max_rows: stop adding items to a batch once it holds this many rows.
+        inline_below_s: run a batch on the event loop itself, not in ``executor``, while
+            batches take less than this (a moving average of their wall time). Handing a
+            cheap call to a thread and back costs two thread wake-ups, more than a linear
+            model's whole call; an expensive call (a forest) stays off the loop, which then
+            keeps reading and validating the next requests. 0: always the executor.
     """
 
+    # Weight of the newest batch in the moving average of batch times.
+    _ALPHA = 0.2
+
     def __init__(self, run_batch: Callable[[list[In]], list[Out]], executor: Executor,
-                 max_rows: int) -> None:
+                 max_rows: int, inline_below_s: float = 0.0) -> None:
         self._run_batch = run_batch
         self._executor = executor
         self._max_rows = max_rows
+        self._inline_below_s = inline_below_s
+        self.batch_seconds: float | None = None  # moving average; None before the first
         self._queue: collections.deque[tuple[In, asyncio.Future[Out]]] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -92,8 +103,7 @@ class MicroBatcher(Generic[In, Out]):
                 items = [item for item, _ in batch]
                 self._running = batch
                 try:
-                    results: list[Any] = await loop.run_in_executor(
-                        self._executor, self._run_batch, items)
+                    results: list[Any] = await self._call(loop, items)
                 except Exception as err:  # noqa: BLE001 - handed to every waiting request
                     for _, future in batch:
                         if not future.done():
@@ -104,6 +114,19 @@ class MicroBatcher(Generic[In, Out]):
                 for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
                         future.set_result(result)
+
+    async def _call(self, loop: asyncio.AbstractEventLoop, items: list[In]) -> list[Out]:
+        """Run one batch inline or in the executor (see ``inline_below_s``); time it."""
+        inline = self.batch_seconds is not None and self.batch_seconds < self._inline_below_s
+        started = time.perf_counter()
+        if inline:
+            results = self._run_batch(items)
+        else:
+            results = await loop.run_in_executor(self._executor, self._run_batch, items)
+        took = time.perf_counter() - started
+        self.batch_seconds = took if self.batch_seconds is None else (
+            self._ALPHA * took + (1 - self._ALPHA) * self.batch_seconds)
+        return results
 
     async def close(self) -> None:
         """Stop the worker; queued and running items get ``CancelledError``.

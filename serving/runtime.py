@@ -102,7 +102,8 @@ class ModelRuntime:
             return
         self.model, self.schema, self.drift = model, schema, drift
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slipway-infer")
-        self._batcher = MicroBatcher(self._run_batch, self._executor, settings.max_batch_rows)
+        self._batcher = MicroBatcher(self._run_batch, self._executor, settings.max_batch_rows,
+                                     inline_below_s=settings.inline_below_ms / 1000)
         self.metrics.model_loaded(model.name, model.lineage)
         # Everything loaded so far (BentoML, pandas, scikit-learn, the model: ~350k objects)
         # lives as long as the worker. A full collection walks all of it, about 140 ms on
@@ -143,7 +144,8 @@ class ModelRuntime:
         return Prediction.concat(parts)
 
     def _run_batch(self, parts: list[RawRows]) -> list[Prediction]:
-        """One model call for several requests (runs in the inference thread)."""
+        """One model call for several requests (in the inference thread, or inline when
+        calls are cheap: ``SLIPWAY_INLINE_BELOW_MS``)."""
         assert self.model is not None and self.drift is not None
         model = self.model
         rows = RawRows.concat(parts)

@@ -21,6 +21,9 @@ read at import time: :func:`Settings.from_env` is called by the service's ``__in
   (Python's http.client: urllib, requests) receive it; larger ones are cut off at once.
 * ``SLIPWAY_MAX_BATCH_ROWS`` (4096) - rows the model sees in one call: the cap on adaptive
   batches and the chunk size of big requests.
+* ``SLIPWAY_INLINE_BELOW_MS`` (1) - model calls that take less than this (a moving average)
+  run on the event loop instead of the inference thread: the thread hand-off costs more
+  than a linear model's call. 0 sends every call to the thread.
 * ``SLIPWAY_DRAIN_TIMEOUT_S`` (10) - on SIGTERM, how long to wait for clients to close their
   keep-alive connections (each answer then says ``Connection: close``) before stopping.
 * ``SLIPWAY_RANGE_MARGIN`` (0.5) - numeric values may pass the training range by this
@@ -59,6 +62,7 @@ class Settings(BaseModel):
     max_binary_rows: int = Field(1_000_000, ge=1)
     max_drain_bytes: int = Field(256 * MiB, ge=0)
     max_batch_rows: int = Field(4096, ge=1, le=1_000_000)
+    inline_below_ms: float = Field(1.0, ge=0, le=1000)
     drain_timeout_s: float = Field(10.0, ge=0, le=3600)
     range_margin: float = Field(0.5, ge=0)
     drift_window: int = Field(1000, ge=10, le=10_000_000)

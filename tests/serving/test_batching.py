@@ -53,6 +53,46 @@ def test_concurrent_requests_share_calls_and_get_their_own_results():
     assert model.thread_names == {"infer_0"}
 
 
+def test_cheap_batches_run_on_the_loop_and_expensive_ones_in_the_thread():
+    """The first batch goes to the thread (its cost is unknown); once the moving average of
+    batch times is under ``inline_below_s`` batches run on the event loop's own thread, and
+    a model that becomes slow moves back to the executor."""
+
+    async def main(model, inline_below_s):
+        loop_thread = threading.current_thread().name
+        with ThreadPoolExecutor(1, thread_name_prefix="infer") as pool:
+            batcher = MicroBatcher(model, pool, max_rows=100, inline_below_s=inline_below_s)
+            names = []
+            for i in range(6):
+                model.thread_names.clear()
+                assert await batcher.submit([i]) == [i * 10]
+                names.append(model.thread_names.pop())
+            await batcher.close()
+            return loop_thread, names, batcher.batch_seconds
+
+    cheap = Recorder(seconds=0.0)
+    loop_thread, names, average = run(main(cheap, inline_below_s=0.05))
+    assert names[0] == "infer_0" and set(names[1:]) == {loop_thread}
+    assert average < 0.05
+
+    slow = Recorder(seconds=0.02)
+    _, names, average = run(main(slow, inline_below_s=0.005))
+    assert set(names) == {"infer_0"} and average >= 0.005
+
+    never = Recorder(seconds=0.0)
+    _, names, _ = run(main(never, inline_below_s=0.0))
+    assert set(names) == {"infer_0"}
+
+    class Slowing(Recorder):  # cheap for three calls, then 50 ms a call
+        def __call__(self, items):
+            self.seconds = 0.0 if len(self.calls) < 3 else 0.05
+            return super().__call__(items)
+
+    loop_thread, names, _ = run(main(Slowing(), inline_below_s=0.005))
+    # thread (unknown cost), loop, loop, loop (the first slow call), then the thread again
+    assert names == ["infer_0", loop_thread, loop_thread, loop_thread, "infer_0", "infer_0"]
+
+
 def test_a_quiet_service_adds_no_wait():
     model = Recorder(seconds=0.0)
 
