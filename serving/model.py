@@ -154,10 +154,13 @@ class LoadedModel:
         self._categorical = [f["name"] for f in self.schema["features"]
                              if f["type"] == "categorical"]
         self._class_array = np.asarray(self.classes, dtype=object) if self.classes else None
-        from serving.compiled import NumpyPreprocessor
+        from serving.compiled import ForestCall, NumpyPreprocessor
 
-        # The hot path: the fitted preprocessing replayed with NumPy (None: use pandas).
+        # The hot path: the fitted preprocessing replayed with NumPy (None: use pandas), and
+        # a forest's trees called directly (None: the trainer's own predict).
         self.fast = NumpyPreprocessor.compile(transformer, self._numeric, self._categorical)
+        self.fast_model = (ForestCall.compile(trainer.model)
+                           if getattr(trainer, "framework", None) == "sklearn" else None)
 
     @property
     def tag(self) -> str:
@@ -234,9 +237,10 @@ class LoadedModel:
         most probable class (what scikit-learn's ``predict`` does for these estimators) so
         that one model call gives both."""
         x = self.features(rows)
+        model = self.fast_model or self.trainer
         if self.task != "classification":
-            return Prediction(np.asarray(self.trainer.predict(x), dtype=np.float64), None)
-        proba = self.trainer.predict_proba(x)
+            return Prediction(np.asarray(model.predict(x), dtype=np.float64), None)
+        proba = model.predict_proba(x)
         if proba is None:
             return Prediction(np.asarray(self.trainer.predict(x), dtype=np.int64), None)
         proba = np.asarray(proba, dtype=np.float64)
@@ -283,6 +287,8 @@ class LoadedModel:
                 "runs_as": "numpy replay (serving/compiled.py)" if self.fast is not None
                 else "the scikit-learn transformer (pandas)",
             },
+            "model_runs_as": "its trees called directly (serving/compiled.py)"
+            if self.fast_model is not None else "the trainer's own predict",
             "model_files": {k: v for k, v in files.items()
                             if k != TRANSFORMER_FILE and not k.endswith(".json")},
         }
