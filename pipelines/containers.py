@@ -154,9 +154,12 @@ def podman_service(root: Path = images.ROOT, timeout: float = 30.0) -> Iterator[
     sock.unlink(missing_ok=True)
     url = f"unix://{sock}"
     log = open(folder / "service.log", "ab")
+    # cwd: podman 4.3's conmon leaves an empty file named "oom" in the service's working
+    # directory when a container is killed for memory; keep it under build/, not in the
+    # user's work tree.
     service = subprocess.Popen(["podman", "system", "service", "--time=0", url],
                                env=images.podman_env(root), stdout=log, stderr=log,
-                               start_new_session=True)
+                               cwd=folder, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -210,3 +210,4 @@ def test_a_task_killed_for_memory_fails_the_run(stages_image, tmp_path):
         finally:
             sys.stdout = saved
     assert "exited with status 137 (killed by" in printed.getvalue()
+    assert not (images.ROOT / "oom").exists(), "podman's 'oom' marker landed in the work tree"
