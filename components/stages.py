@@ -79,10 +79,11 @@ class Stage:
         """kfp's name for the task (and its folder under a local run)."""
         return self.op.replace("_", "-")
 
-    def component(self) -> Any:
-        """The kfp component (imports kfp). Looked up by name, not imported, so that the
-        stage graph itself does not reach every stage's code (see code_version)."""
-        return getattr(importlib.import_module("components.kfp_components"), self.op)
+    def component(self, op: str | None = None) -> Any:
+        """The kfp component (imports kfp): the stage's own, or the variant ``op``. Looked
+        up by name, not imported, so that the stage graph itself does not reach every
+        stage's code (see code_version)."""
+        return getattr(importlib.import_module("components.kfp_components"), op or self.op)
 
     def source(self, name: str) -> tuple[str, str]:
         """The (stage, output) an artifact input is fed from."""
@@ -229,12 +230,14 @@ def source_files(*modules: str) -> list[Path]:
 
 
 @cache
-def code_version(key: str) -> str:
+def code_version(key: str, op: str | None = None) -> str:
     """A hash of the source a stage runs: its core and every ``components`` module that it
-    or its kfp component's body imports (the body itself is part of the task's command)."""
+    or its kfp component's body imports (the body itself is part of the task's command).
+    ``op``: the component that runs the stage when it is not the stage's own (a variant,
+    e.g. ``train_nodes_op``)."""
     stage_ = stage(key)
     digest = hashlib.sha256()
-    for path in source_files(stage_.core, *_op_imports(stage_.op)):
+    for path in source_files(stage_.core, *_op_imports(op or stage_.op)):
         digest.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]

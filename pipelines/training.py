@@ -26,15 +26,17 @@ DESCRIPTION = (
 )
 
 
-def stage_settings(task: dsl.PipelineTask, key: str, params: Params) -> dsl.PipelineTask:
+def stage_settings(task: dsl.PipelineTask, key: str, params: Params,
+                   op: str | None = None) -> dsl.PipelineTask:
     """What the stage graph says of a task: its title, its role's image, the version of
-    its code (in its cache key), whether it may be cached; and its resource profile."""
+    its code (in its cache key; ``op``: the component variant it runs, if not the stage's
+    own), whether it may be cached; and its resource profile."""
     stage = stages.stage(key)
     task.set_display_name(stage.title)
     image = image_for(stages.image_role(stage, frameworks(params)), params)
     task.set_container_image(image)
     task.set_env_variable(stages.IMAGE_ENV, image)
-    task.set_env_variable(stages.CODE_VERSION_ENV, stages.code_version(key))
+    task.set_env_variable(stages.CODE_VERSION_ENV, stages.code_version(key, op))
     task.set_caching_options(stage.cached)
     if stage.remote and params.kfp.remote_secret:
         from kfp import kubernetes
@@ -104,7 +106,8 @@ class Wiring:
 
     def _add(self, stage: stages.Stage, given: dict[str, Any]) -> dsl.PipelineTask:
         args = {}
-        component = self.nodes.component(stage)
+        op = self.nodes.op(stage)
+        component = stage.component(op)
         given = {**self.nodes.inputs(stage), **given}
         for name, spec in (component.component_spec.inputs or {}).items():
             if spec.type == "TaskConfig":  # kfp's driver fills it in (SeveralNodes)
@@ -116,8 +119,7 @@ class Wiring:
                 args[name] = self.tasks[source].outputs[output]
             else:
                 args[name] = self.values[stage.section if name == "rules" else name]
-        task = self.nodes.settle(stage_settings(component(**args), stage.key, self.params),
-                                 stage)
+        task = stage_settings(component(**args), stage.key, self.params, op)
         for key in stage.after:
             task.after(self.tasks[key])
         self.tasks[stage.key] = task
@@ -142,30 +144,16 @@ class SeveralNodes:
         self.params = params
         self.on = params.train.distributed.nnodes > 1
 
-    def component(self, stage: stages.Stage) -> Any:
-        if self.on and stage.key in self.OPS:
-            from components import kfp_components
-
-            return getattr(kfp_components, self.OPS[stage.key])
-        return stage.component()
+    def op(self, stage: stages.Stage) -> str | None:
+        """The component variant the stage runs as (its code version follows that
+        variant's imports, the TrainJob code among them); None: the stage's own."""
+        return self.OPS.get(stage.key) if self.on else None
 
     def inputs(self, stage: stages.Stage) -> dict[str, Any]:
-        if not (self.on and stage.key in self.OPS):
+        if not self.op(stage):
             return {}
         shm = self.params.kfp.profile_for(stage.key)[1].shm_size or ""
         return {"workspace_path": dsl.WORKSPACE_PATH_PLACEHOLDER, "shm_size": shm}
-
-    def settle(self, task: dsl.PipelineTask, stage: stages.Stage) -> dsl.PipelineTask:
-        """The variant's code version also covers the TrainJob's code (its body imports
-        it; the stage graph's version follows the stage's own component)."""
-        if self.on and stage.key in self.OPS:
-            import hashlib
-
-            digest = hashlib.sha256(stages.code_version(stage.key).encode())
-            for path in stages.source_files("components.trainers.trainjob"):
-                digest.update(path.read_bytes())
-            task.set_env_variable(stages.CODE_VERSION_ENV, digest.hexdigest()[:16])
-        return task
 
     def pipeline_config(self) -> dsl.PipelineConfig | None:
         """The run's workspace: a PersistentVolumeClaim kfp creates per run and mounts in
