@@ -26,7 +26,6 @@ from components.errors import SlipwayError
 from components.trainers.trainjob import VERSION, NodeSpec, trainjob_manifest
 
 SCHEMA = Path(__file__).parent / "schemas" / "trainjob.v1alpha1.json"
-WORKSPACE_MOUNT = "/kfp-workspace"  # kfp's (kfp.dsl.constants.WORKSPACE_MOUNT_PATH)
 
 
 def validate_manifest(manifest: dict[str, Any], schema_path: Path = SCHEMA) -> None:
@@ -124,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(trim_crd_schema(yaml.safe_load(args.crd.read_text())), indent=1))
         return 0
+    from kfp.dsl.constants import WORKSPACE_MOUNT_PATH
+
     from pipelines.training import image_for
 
     params = load_params()
@@ -133,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     manifest = trainjob_manifest(name="slipway-train", namespace="kubeflow",
                                  image=image_for("torch", params),
                                  node=NodeSpec.from_profile(profile), distributed=dist,
-                                 job_dir=f"{WORKSPACE_MOUNT}/slipway-train",
+                                 job_dir=f"{WORKSPACE_MOUNT_PATH}/slipway-train",
                                  workspace_claim="<run>-kfp-workspace",
-                                 workspace_mount=WORKSPACE_MOUNT)
+                                 workspace_mount=WORKSPACE_MOUNT_PATH)
     validate_manifest(manifest)
     print(json.dumps(manifest, indent=2))
     return 0
