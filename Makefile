@@ -27,7 +27,7 @@ CACHE ?= 1
 RUNNER ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup run tune seeds compile repro push pull test test-fast lint bench-pipeline bench-train lock clean
+.PHONY: help setup run tune seeds compile repro push pull test test-tools test-fast lint bench-pipeline bench-train lock clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -76,11 +76,16 @@ push: setup ## push the data and the model version (dvc.lock) to the DVC remote
 pull: setup ## restore the data and the committed model version (dvc.lock) from the DVC remote
 	@$(DVC) pull
 
+# The tools the suite runs for real (Prometheus, Alertmanager, podman, helm, checkov), installed
+# where the machine allows (root + apt-get, npm); without one its tests skip and say why.
+test-tools:
+	@MAKE="$(MAKE)" bash .ci/test-tools
+
 # With a CUDA GPU, the suite runs twice: everything but the gpu tests with CUDA hidden (their
 # expectations, bit-identical refits among them, are the CPU's), then the gpu tests on the
 # GPU. pytest's status 5 (no test selected, e.g. PYTEST_ARGS names a file without gpu
 # tests) is not a failure there.
-test: setup ## run the whole test suite (unit, integration, slow; GPU/container tests skip without one)
+test: setup test-tools ## run the whole test suite (unit, integration, slow; GPU/container tests skip without one)
 	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then \
 		echo "==> CUDA GPU found: the suite on the CPU (CUDA_VISIBLE_DEVICES=), then the gpu tests"; \
 		CUDA_VISIBLE_DEVICES= $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS) || [ $$? -eq 5 ]; \
