@@ -78,7 +78,7 @@ pull: setup ## restore the data and the committed model version (dvc.lock) from 
 
 # The tools the suite runs for real (Prometheus, Alertmanager, podman, helm, checkov), installed
 # where the machine allows (root + apt-get, npm); without one its tests skip and say why.
-test-tools:
+test-tools: ## install what the suite runs for real where the machine allows (apt as root, npm); missing ones skip
 	@MAKE="$(MAKE)" bash .ci/test-tools
 
 # With a CUDA GPU, the suite runs twice: everything but the gpu tests with CUDA hidden (their
