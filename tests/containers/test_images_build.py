@@ -110,9 +110,11 @@ ROLE_PROBES = {
 
 
 @pytest.mark.parametrize("role", sorted(ROLE_PROBES))
-def test_the_other_roles_images_import_their_code(role):
-    """The torch, keras and serving images, where `make images` built them (CI builds only
-    the stages image: these skip there)."""
+def test_the_other_roles_images_import_their_code(role, request):
+    """The serving image (built by the session's fixture, as CI does) and the torch and keras
+    images where `make images` built them (CI does not build those: they skip there)."""
+    if role == "serving":
+        request.getfixturevalue("serving_image")
     entry = images.built().get(role)
     if not entry or entry["digest"] not in images.podman_digests():
         pytest.skip(f"the {role} image is not built (make images ROLES={role})")
@@ -120,4 +122,7 @@ def test_the_other_roles_images_import_their_code(role):
     if role == "torch":
         assert out.split() == ["2.13.0+cpu", "False"], out
     assert out.strip()
-    assert podman("run", "--rm", entry["ref"], "id", "-u").strip() == "1000"
+    # Non-root: the trainers as the stages' user (components/images/Containerfile), serving as
+    # the serving chart's runAsUser (serving/Containerfile).
+    uid = "10001" if role == "serving" else "1000"
+    assert podman("run", "--rm", entry["ref"], "id", "-u").strip() == uid
