@@ -12,8 +12,8 @@ Side by side in one run, on synthetic data (so nothing is downloaded):
    GPU's peak dense bf16 FLOP/s it reaches (FLOPs counted by
    ``torch.utils.flop_counter``). Skipped, and said so, without a GPU;
 3. the distributed fit (:mod:`components.trainers.distributed`): samples/s of the mlp as 1
-   and as 2 torchrun processes on the CPU, and the scaling efficiency (``--distributed-only``
-   measures just that).
+   and as 2 torchrun processes on the CPU, launch included and in the fit alone, and the
+   scaling efficiency of each (``--distributed-only`` measures just that).
 
 Each figure is the median of ``--repeat`` timed runs after a warm-up, the loops taking
 turns. Writes
@@ -31,8 +31,10 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -209,45 +211,93 @@ def throughput(kind: str, rows: int, epochs: int, batch: int, tutorial_rows: int
     return {"rows": rows, "epochs": epochs, "batch_size": batch, "runs": results}
 
 
-def distributed_throughput(rows: int, epochs: int, batch: int, repeat: int) -> dict[str, Any]:
+def distributed_throughput(rows: int, epochs: int, batch: int, repeat: int,
+                           short_epochs: int = 2) -> dict[str, Any]:
     """samples/s of the mlp fit as 1 and as 2 torchrun processes on the CPU (gloo), the
     same global batch and total cores (2 threads for one process, 1 each for two), and the
-    scaling efficiency: samples/s with 2 over twice that with 1. Each time is the whole
-    launch (torchrun, process start, imports), as a train task pays it; the in-process fit
-    is the peer without any of that."""
+    scaling efficiency: samples/s with 2 over twice that with 1.
+
+    Two figures per way of running, because a launch (torchrun, process start, imports,
+    joining the group) costs seconds whatever the fit's size:
+
+    - *whole*: the ``epochs`` fit timed from the launch to the fitted model, as a train task
+      pays it;
+    - *fit*: the fit without the launch, from the same launches at two sizes: the extra
+      samples of the ``epochs`` fit over a ``short_epochs`` one, divided by the extra time.
+      The launch's cost is what the ``short_epochs`` run took beyond its samples at that rate.
+
+    The peers, run in turns with it: the in-process fit (no launch at all) and a bare DDP
+    loop (:mod:`benchmarks.ddp_bare`: the same net, optimizer, batches and gloo, nothing of
+    the trainer's), launched and measured the same way, so the trainer's share of the cost
+    and the machine's own cost of data parallelism can be told apart.
+    """
     from components.trainers import distributed
     from components.trainers.torch import TorchTrainer
 
     x, y, _ = data("mlp", rows)
-    hp = settings("mlp", epochs, batch)
 
-    def launched(nproc: int):
+    def launched(nproc: int, n_epochs: int):
+        hp = settings("mlp", n_epochs, batch)
+
         def run() -> None:
             trainer = TorchTrainer("classification", "mlp", hp, 0)
             distributed.launch(trainer, x, y, None, None, nproc, quiet=True)
         return run
 
-    def in_process() -> None:
-        with contextlib.redirect_stderr(io.StringIO()):
-            TorchTrainer("classification", "mlp", hp, 0).fit(x, y)
+    def in_process(n_epochs: int):
+        hp = settings("mlp", n_epochs, batch)
 
-    runs = {"in-process, 1 process": in_process, "torchrun, 1 process": launched(1),
-            "torchrun, 2 processes": launched(2)}
-    times: dict[str, list[float]] = {name: [] for name in runs}
+        def run() -> None:
+            with contextlib.redirect_stderr(io.StringIO()):
+                TorchTrainer("classification", "mlp", hp, 0).fit(x, y)
+        return run
+
+    def bare(nproc: int, n_epochs: int):
+        def run() -> None:
+            env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
+            subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            "--nnodes", "1", "--nproc-per-node", str(nproc),
+                            "-m", "benchmarks.ddp_bare", str(rows), str(n_epochs), str(batch)],
+                           env=env, check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        return run
+
+    ways = {"in-process, 1 process": in_process, "torchrun, 1 process": partial(launched, 1),
+            "torchrun, 2 processes": partial(launched, 2),
+            "bare DDP loop, 1 process": partial(bare, 1),
+            "bare DDP loop, 2 processes": partial(bare, 2)}
+    runs = {(name, n): make(n) for name, make in ways.items() for n in (short_epochs, epochs)}
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in runs}
     for fn in runs.values():
         fn()  # warm-up
     for _ in range(repeat):
-        for name, fn in runs.items():
+        for key, fn in runs.items():
             start = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
-    out: dict[str, Any] = {"rows": rows, "epochs": epochs, "batch_size": batch, "runs": {}}
-    for name in runs:
-        sps = rows * epochs / statistics.median(times[name])
-        out["runs"][name] = {"samples_per_s": sps, "seconds": times[name]}
-        print(f"  mlp  {name:26} {sps:>10.0f} samples/s", file=sys.stderr, flush=True)
-    one = out["runs"]["torchrun, 1 process"]["samples_per_s"]
-    out["scaling_efficiency"] = out["runs"]["torchrun, 2 processes"]["samples_per_s"] / (2 * one)
+            times[key].append(time.perf_counter() - start)
+    out: dict[str, Any] = {"rows": rows, "epochs": epochs, "short_epochs": short_epochs,
+                           "batch_size": batch, "runs": {}}
+    print(f"  {'mlp':5} {'':26} {'whole':>10} {'fit':>10} {'launch':>8}", file=sys.stderr)
+    for name in ways:
+        long_s = statistics.median(times[(name, epochs)])
+        short_s = statistics.median(times[(name, short_epochs)])
+        fit_sps = rows * (epochs - short_epochs) / max(long_s - short_s, 1e-9)
+        launch_s = short_s - rows * short_epochs / fit_sps
+        out["runs"][name] = {"samples_per_s": rows * epochs / long_s,
+                             "fit_samples_per_s": fit_sps, "launch_seconds": launch_s,
+                             "seconds": times[(name, epochs)],
+                             "short_seconds": times[(name, short_epochs)]}
+        print(f"  {'mlp':5} {name:26} {rows * epochs / long_s:>10.0f} {fit_sps:>10.0f} "
+              f"{launch_s:>7.1f}s", file=sys.stderr, flush=True)
+    one, two = out["runs"]["torchrun, 1 process"], out["runs"]["torchrun, 2 processes"]
+    out["scaling_efficiency"] = two["samples_per_s"] / (2 * one["samples_per_s"])
+    out["fit_scaling_efficiency"] = two["fit_samples_per_s"] / (2 * one["fit_samples_per_s"])
+    bare1, bare2 = (out["runs"][f"bare DDP loop, {n}"] for n in ("1 process", "2 processes"))
+    out["bare_fit_scaling_efficiency"] = (bare2["fit_samples_per_s"]
+                                          / (2 * bare1["fit_samples_per_s"]))
+    out["fit_vs_bare"] = {n: out["runs"][f"torchrun, {n}"]["fit_samples_per_s"]
+                          / out["runs"][f"bare DDP loop, {n}"]["fit_samples_per_s"]
+                          for n in ("1 process", "2 processes")}
     return out
 
 
@@ -362,9 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     hw = hardware()
     print(f"hardware: {hw}", file=sys.stderr)
     print("measuring (median of each after a warm-up) ...", file=sys.stderr)
-    ddp = distributed_throughput(16384 // scale, 4, 256, args.repeat)
-    print(f"\ndistributed mlp fit on CPU: 2 processes give {ddp['scaling_efficiency']:.2f} of "
-          "twice 1 process's samples/s (scaling efficiency)")
+    ddp = distributed_throughput(16384 // scale, 60 // scale, 256, args.repeat)
+    print(f"\ndistributed mlp fit on CPU: 2 processes give {ddp['fit_scaling_efficiency']:.2f} "
+          "of twice 1 process's samples/s in the fit (scaling efficiency), "
+          f"{ddp['scaling_efficiency']:.2f} launch included; a bare DDP loop "
+          f"{ddp['bare_fit_scaling_efficiency']:.2f}; the trainer's fit "
+          + ", ".join(f"{v:.2f}x the bare loop's with {k}" for k, v in ddp["fit_vs_bare"].items()))
     if args.distributed_only:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"hardware": hw, "distributed": ddp}, indent=2))
