@@ -78,8 +78,9 @@ def test_the_cache_reruns_exactly_what_a_change_affects(area, monkeypatch):
     # Stage code: a new version of the evaluate stage's code reruns evaluate (and the
     # always-run tasks after it), nothing before it.
     real = stages.code_version
-    monkeypatch.setattr(stages, "code_version",
-                        lambda key, op=None: real(key, op) + ("-edited" if key == "evaluate" else ""))
+    monkeypatch.setattr(
+        stages, "code_version",
+        lambda key, op=None: real(key, op) + ("-edited" if key == "evaluate" else ""))
     edited = run(area, "train.hyperparameters.linear.alpha=0.5")
     assert set(edited.summary["executed"]) == tasks("evaluate") | ALWAYS_RUN
 
